@@ -1,0 +1,236 @@
+/*
+ * ipl.h — libipl: inter-process locks on a lock file, with a stable C ABI.
+ *
+ * One handle (ipl_lock) names one lock file and holds at most one lock on it:
+ * exclusive (ipl_acquire / ipl_acquire_write) or shared (ipl_acquire_read).
+ * The kernel releases a lock when its holder dies, however it dies.
+ *
+ * Conflicts
+ *   exclusive vs exclusive: conflict      exclusive vs shared: conflict
+ *   shared vs shared:       coexist
+ * These rules hold between processes, between threads, and between two
+ * handles used by one thread: every handle is its own lock owner.
+ *
+ * Interoperability: on POSIX the lock is a whole-file fcntl record lock
+ * (l_start = 0, l_len = 0): F_WRLCK for exclusive, F_RDLCK for shared.
+ * That is the lock Python's fasteners takes, so fasteners processes and
+ * libipl processes exclude each other on the same file. On Linux the lock is
+ * an open-file-description (OFD) lock, owned by the handle, so closing any
+ * other descriptor of the file never drops it.
+ *
+ * Conventions for every function below
+ *   - An int result is IPL_OK (0) or one of the negative IPL_E_* statuses.
+ *     Status values are pinned: a released value never changes meaning.
+ *   - Nothing but status codes crosses this ABI: no exception, no longjmp.
+ *   - Paths are NUL-terminated UTF-8.
+ *   - timeout_ms: 0 tries once and never sleeps; > 0 waits until the lock
+ *     is granted or until that many milliseconds have passed on a monotonic
+ *     clock (never less; a little more when the machine is busy);
+ *     IPL_WAIT_FOREVER blocks until the lock is granted. Signals never
+ *     shorten or break a wait.
+ *     Any other negative value is IPL_E_INVALID.
+ *   - Thread safety: every function may be called from any thread. A handle
+ *     is not tied to a thread: a lock taken in one thread may be released
+ *     from another (Go moves goroutines between threads). Concurrent calls
+ *     on one handle are safe and serialised, with one exception:
+ *     ipl_close() ends the handle's life and must not race with other calls
+ *     on the same handle (as free() must not).
+ */
+#ifndef IPL_IPL_H
+#define IPL_IPL_H
+
+#include <stdint.h>
+
+/* ---- Export macro --------------------------------------------------------
+ * IPL_API marks the exported functions. Define IPL_STATIC when linking the
+ * static library on Windows; define IPL_API yourself to override all this. */
+#ifndef IPL_API
+#  if defined(_WIN32) && !defined(IPL_STATIC)
+#    if defined(IPL_BUILDING_LIBRARY)
+#      define IPL_API __declspec(dllexport)
+#    else
+#      define IPL_API __declspec(dllimport)
+#    endif
+#  elif defined(__GNUC__) || defined(__clang__)
+#    define IPL_API __attribute__((visibility("default")))
+#  else
+#    define IPL_API
+#  endif
+#endif
+
+/* ---- Versions ------------------------------------------------------------
+ * IPL_ABI_VERSION is the shared library's soversion (libipl.so.1). It only
+ * changes if the ABI is ever broken, which this project promises not to do. */
+#define IPL_ABI_VERSION 1
+#define IPL_VERSION_MAJOR 0
+#define IPL_VERSION_MINOR 1
+#define IPL_VERSION_PATCH 0
+#define IPL_VERSION_NUMBER \
+  (IPL_VERSION_MAJOR * 10000 + IPL_VERSION_MINOR * 100 + IPL_VERSION_PATCH)
+#define IPL_VERSION_STRING "0.1.0"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- Status codes (pinned values) --------------------------------------- */
+#define IPL_OK 0
+/* Not acquired in time. With timeout 0: the lock is held elsewhere. */
+#define IPL_E_TIMEOUT (-1)
+/* A NULL handle, path or out-pointer; an empty path; unknown flag bits; a
+ * negative timeout other than IPL_WAIT_FOREVER. Arguments are checked before
+ * anything else (so a bad timeout on a handle that holds the lock is
+ * IPL_E_INVALID, not IPL_E_WOULD_DEADLOCK). Nothing was changed. */
+#define IPL_E_INVALID (-2)
+/* Release of a lock, or of a mode, that this handle does not hold. Whatever
+ * the handle does hold is kept. */
+#define IPL_E_NOT_HELD (-3)
+/* This handle already holds the lock (in any mode), or another thread is
+ * acquiring on it right now. Locks are not reentrant and never silently
+ * upgraded. Returned at once, even with IPL_WAIT_FOREVER. */
+#define IPL_E_WOULD_DEADLOCK (-4)
+/* The OS denied access to the lock file or a parent folder (EACCES, EPERM,
+ * EROFS). */
+#define IPL_E_ACCESS (-5)
+/* The path names a directory, FIFO, device or socket, not a regular file. */
+#define IPL_E_NOT_REGULAR_FILE (-6)
+/* The path, or one of its components, is longer than the OS allows. */
+#define IPL_E_NAME_TOO_LONG (-7)
+/* Out of memory. */
+#define IPL_E_NO_MEMORY (-8)
+/* Another OS failure. ipl_os_error() (or ipl_open_ex()'s os_error) gives the
+ * errno / GetLastError() value behind it. */
+#define IPL_E_OS (-9)
+/* A parent of the lock file exists but is not a folder (ENOTDIR), or is
+ * missing and could not be created because IPL_OPEN_NO_CREATE_DIRS is set. */
+#define IPL_E_BAD_PARENT (-10)
+/* A bug in libipl (an unexpected internal exception). Please report it. */
+#define IPL_E_INTERNAL (-11)
+/* The request cannot be met on this platform or build. */
+#define IPL_E_UNSUPPORTED (-12)
+/* ipl_set_wait_signal(): the application has a handler on that signal. */
+#define IPL_E_SIGNAL_IN_USE (-13)
+
+/* Wait without a time limit. */
+#define IPL_WAIT_FOREVER (-1)
+
+/* ---- Open flags ----------------------------------------------------------
+ * 0 gives fasteners' defaults: create the lock file (mode 0666 minus the
+ * umask) and any missing parent folders. Unknown bits are IPL_E_INVALID. */
+/* Do not create the lock file: it must exist (else IPL_E_OS with ENOENT). */
+#define IPL_OPEN_NO_CREATE 0x1u
+/* Do not create missing parent folders (else IPL_E_BAD_PARENT). */
+#define IPL_OPEN_NO_CREATE_DIRS 0x2u
+
+/* The opaque handle: one open lock file. */
+typedef struct ipl_lock ipl_lock;
+
+/* ---- Opening and closing --------------------------------------------------
+ * ipl_open opens (by default creating) the lock file at `path` and stores a
+ * new handle in *out. The handle holds no lock yet. The file is never written
+ * to and never truncated. Its descriptor is close-on-exec: it never reaches
+ * exec'd children. Opening a FIFO never blocks: it fails with
+ * IPL_E_NOT_REGULAR_FILE.
+ *
+ * Returns IPL_OK; IPL_E_INVALID for a NULL path or out, an empty path or
+ * unknown flag bits; IPL_E_ACCESS, IPL_E_NOT_REGULAR_FILE,
+ * IPL_E_NAME_TOO_LONG, IPL_E_BAD_PARENT, IPL_E_NO_MEMORY or IPL_E_OS.
+ * On failure *out is set to NULL (when out is not NULL).
+ * The caller owns the handle and frees it with ipl_close(). */
+IPL_API int ipl_open(const char *path, uint32_t flags, ipl_lock **out);
+
+/* ipl_open, and on failure also the OS error number (errno / GetLastError)
+ * behind it in *os_error: 0 when no system call failed (bad arguments, or a
+ * file that libipl itself found not to be a regular file), else the errno of
+ * the call that failed (e.g. EISDIR, ENOENT, EACCES). os_error may be NULL. */
+IPL_API int ipl_open_ex(const char *path, uint32_t flags, ipl_lock **out,
+                        int *os_error);
+
+/* Releases whatever the handle holds, closes the file and frees the handle.
+ * NULL is a harmless no-op. Must not race with other calls on this handle. */
+IPL_API void ipl_close(ipl_lock *lock);
+
+/* ---- Exclusive lock ----------------------------------------------------
+ * ipl_acquire takes the exclusive lock, waiting as timeout_ms says.
+ * Returns IPL_OK; IPL_E_TIMEOUT; IPL_E_INVALID (NULL handle, bad timeout);
+ * IPL_E_WOULD_DEADLOCK (this handle holds the lock already, in any mode);
+ * IPL_E_OS (e.g. ENOLCK; see ipl_os_error()). */
+IPL_API int ipl_acquire(ipl_lock *lock, int64_t timeout_ms);
+
+/* Releases the exclusive lock. IPL_E_NOT_HELD when the handle holds no lock
+ * or holds a shared one (which it keeps); IPL_E_INVALID for NULL. */
+IPL_API int ipl_release(ipl_lock *lock);
+
+/* ---- Reader-writer lock ------------------------------------------------
+ * ipl_acquire_read takes a shared lock; ipl_acquire_write is exactly
+ * ipl_acquire. Returns as ipl_acquire. A handle holding the read lock that
+ * asks for write gets IPL_E_WOULD_DEADLOCK: there is no silent upgrade. */
+IPL_API int ipl_acquire_read(ipl_lock *lock, int64_t timeout_ms);
+IPL_API int ipl_release_read(ipl_lock *lock);
+IPL_API int ipl_acquire_write(ipl_lock *lock, int64_t timeout_ms);
+IPL_API int ipl_release_write(ipl_lock *lock);
+
+/* ---- How timed waits sleep -------------------------------------------------
+ * A timed wait (timeout_ms > 0) sleeps in the kernel's blocking lock call and
+ * wakes as soon as the lock is released, like IPL_WAIT_FOREVER. To end the
+ * wait at its deadline, Linux builds have one watchdog thread (started on the
+ * first timed wait that has to sleep; all signals blocked, 64 KiB stack) send
+ * the waiting thread a signal (tgkill), handled by an empty handler installed
+ * without SA_RESTART, at the deadline and every millisecond after it until
+ * the wait returns.
+ *
+ * The signal: on first use, libipl takes the highest real-time signal
+ * (SIGRTMAX downwards) whose disposition is still the default. It never
+ * replaces a handler it did not install, and before every wait it checks
+ * that the handler is still its own. Timed waits fall back to polling (capped,
+ * jittered back-off of 50 us to 10 ms; same results, slower hand-off, a little
+ * CPU) when: no signal is free (Go's runtime, for one, handles every signal),
+ * the application has since installed its own handler on the signal (libipl
+ * then gives it up for good), the signal is blocked in the calling thread, or
+ * the watchdog thread cannot be started. Only a thread inside a timed wait is
+ * ever signaled, and a signal sent to it is delivered before the call
+ * returns: none reaches application code. (If the application replaces the
+ * handler while a wait is in progress, that wait may still send it one.)
+ *
+ * Turning it off or choosing the signal: set IPL_WAIT_SIGNAL=0 in the
+ * environment (or =N for signal N) before the first timed wait, or call
+ * ipl_set_wait_signal(). Other platforms always return 0 from
+ * ipl_wait_signal() and wait as their backend documents. */
+
+/* Chooses the wait signal: IPL_WAIT_SIGNAL_AUTO picks one as above, 0 turns
+ * the mechanism off (timed waits poll), N > 0 uses signal N, which the caller
+ * reserves for libipl (it must have the default disposition or libipl's
+ * handler). A signal given up keeps libipl's empty handler, since a wait in
+ * another thread may still be using it.
+ * Returns IPL_OK; IPL_E_INVALID (not a usable signal number);
+ * IPL_E_SIGNAL_IN_USE (the application has a handler on N);
+ * IPL_E_UNSUPPORTED (N > 0 on a platform without the mechanism). */
+#define IPL_WAIT_SIGNAL_AUTO (-1)
+IPL_API int ipl_set_wait_signal(int signo);
+
+/* The signal timed waits use now, or 0 when they poll. The first call may
+ * take a signal, as the first timed wait would. */
+IPL_API int ipl_wait_signal(void);
+
+/* ---- Errors and versions ------------------------------------------------ */
+
+/* The OS error number (errno, or GetLastError() on Windows) behind the most
+ * recent call on this handle that failed with an OS-derived status; 0 when
+ * there was none. Kept on the handle, not in thread-local storage, so it
+ * works when the caller moves between threads between calls. 0 for NULL. */
+IPL_API int ipl_os_error(const ipl_lock *lock);
+
+/* A short English text for a status: static storage, never NULL, never to be
+ * freed. Unknown values give "unknown status". */
+IPL_API const char *ipl_strerror(int status);
+
+/* IPL_VERSION_NUMBER and IPL_VERSION_STRING of the library actually loaded,
+ * to catch a header/library mismatch. */
+IPL_API uint32_t ipl_version_number(void);
+IPL_API const char *ipl_version_string(void);
+
+#ifdef __cplusplus
+} /* extern "C" */
+#endif
+
+#endif /* IPL_IPL_H */

@@ -1,0 +1,456 @@
+// ipl.hpp — header-only C++17 wrapper over the libipl C API (ipl.h).
+//
+// Everything here is a translation of ipl.h into C++ shapes; the behaviour
+// (what conflicts with what, how waits are measured, what each status means)
+// is the C API's and is documented there.
+//
+//   ipl::error                 an exception carrying an IPL_E_* status
+//   ipl::process_lock          exclusive lock on a lock file (TimedLockable)
+//   ipl::shared_process_lock   reader-writer lock on a lock file
+//                              (TimedLockable and SharedTimedLockable)
+//   ipl::interprocess_locked, ipl::interprocess_read_locked,
+//   ipl::interprocess_write_locked
+//                              wrap a callable so every call runs under the
+//                              lock, like fasteners' decorators
+//
+// The lock types are move-only RAII owners of one ipl_lock handle, so the
+// standard tools just work:
+//
+//   ipl::process_lock lock("/run/myapp/lock");
+//   std::unique_lock<ipl::process_lock> held(lock, std::chrono::seconds(5));
+//   if (!held) { /* another process holds it */ }
+//
+//   ipl::shared_process_lock rw("/run/myapp/db.lock");
+//   std::shared_lock<ipl::shared_process_lock> reading(rw);
+//
+// Errors: an expected outcome is not an exception. try_lock* return false
+// when the lock is held elsewhere (IPL_E_TIMEOUT); every other failure throws
+// ipl::error, e.g. IPL_E_WOULD_DEADLOCK when this object already holds the
+// lock (locks are not reentrant and never upgraded silently).
+//
+// Timeouts (try_lock_for / try_lock_until and their _shared forms):
+//   - durations are rounded UP to whole milliseconds, so a wait never ends
+//     before the time asked for;
+//   - zero, negative and NaN durations, and deadlines already past, try once
+//     without sleeping (timeout 0);
+//   - durations longer than ipl::max_wait (100 years) saturate to it: a
+//     huge value never overflows int64 and never becomes IPL_WAIT_FOREVER,
+//     so a timed call stays a timed call;
+//   - try_lock_until with any clock waits for the time remaining from
+//     Clock::now() to the deadline, measured (by libipl) on the monotonic
+//     clock: a later jump of a non-steady clock does not move the end.
+//
+// Threads: as in the C API, calls on one object from several threads are
+// safe, except that moving, close() and destruction must not race with other
+// calls on the same object.
+#ifndef IPL_IPL_HPP
+#define IPL_IPL_HPP
+
+#include <ipl/ipl.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <ratio>
+#include <stdexcept>
+#include <string>
+#include <system_error>
+#include <type_traits>
+#include <utility>
+
+// Helpers live in ipl::wrapper_detail, not ipl::detail: the library's own
+// internals use ipl::detail, and a program linking libipl statically must
+// never see two different definitions of one name there.
+namespace ipl {
+
+// The longest wait the timed calls pass to the C API: 100 years. Longer
+// durations saturate to this (see "Timeouts" above).
+inline constexpr std::chrono::milliseconds max_wait =
+    std::chrono::hours(24 * 365 * 100);
+
+namespace wrapper_detail {
+
+// "<ipl_strerror text>" or, with an OS error, "<text>: <OS text> (OS error N)".
+inline std::string describe(int status, int os_error) {
+  std::string text = ipl_strerror(status);
+  if (os_error != 0) {
+    text += ": " + std::system_category().message(os_error) +
+            " (OS error " + std::to_string(os_error) + ")";
+  }
+  return text;
+}
+
+}  // namespace wrapper_detail
+
+// The exception thrown for every failure other than "held elsewhere" in a
+// try_lock*. what() is ipl_strerror(status()), followed by the OS text and
+// number when os_error() is not 0.
+class error : public std::runtime_error {
+ public:
+  explicit error(int status, int os_error = 0)
+      : std::runtime_error(wrapper_detail::describe(status, os_error)),
+        status_(status),
+        os_error_(os_error) {}
+
+  // The IPL_E_* status (negative).
+  int status() const noexcept { return status_; }
+  // The errno / GetLastError() value behind an OS-derived status; else 0.
+  int os_error() const noexcept { return os_error_; }
+
+ private:
+  int status_;
+  int os_error_;
+};
+
+namespace wrapper_detail {
+
+// Statuses that come from libipl's own rules carry no OS error; for the
+// others the handle's ipl_os_error() says which one.
+inline bool is_os_derived(int status) noexcept {
+  switch (status) {
+    case IPL_OK:
+    case IPL_E_TIMEOUT:
+    case IPL_E_INVALID:
+    case IPL_E_NOT_HELD:
+    case IPL_E_WOULD_DEADLOCK:
+    case IPL_E_INTERNAL:
+      return false;
+    default:
+      return true;
+  }
+}
+
+// Throws ipl::error unless status is IPL_OK.
+inline void check(int status, const ipl_lock *handle) {
+  if (status != IPL_OK)
+    throw error(status, is_os_derived(status) ? ipl_os_error(handle) : 0);
+}
+
+// The result of an acquire: true when granted, false when held elsewhere
+// (IPL_E_TIMEOUT); throws ipl::error for anything else.
+inline bool acquired(int status, const ipl_lock *handle) {
+  if (status == IPL_E_TIMEOUT) return false;
+  check(status, handle);
+  return true;
+}
+
+// The C API's timeout_ms for a relative wait (see "Timeouts" above).
+template <class Rep, class Period>
+int64_t timeout_ms_for(const std::chrono::duration<Rep, Period> &wait) {
+  using namespace std::chrono;
+  if (!(wait > wait.zero())) return 0;  // zero, negative or NaN: try once
+  // Compare in floating point so that even hours::max() cannot overflow.
+  const duration<long double, std::milli> wanted = wait;
+  if (wanted >= duration<long double, std::milli>(max_wait))
+    return max_wait.count();
+  // Below max_wait: the integer conversion cannot overflow.
+  return std::min(ceil<milliseconds>(wait), max_wait).count();
+}
+
+// The C API's timeout_ms for an absolute deadline on any clock.
+template <class Clock, class Duration>
+int64_t timeout_ms_until(const std::chrono::time_point<Clock, Duration> &deadline) {
+  using namespace std::chrono;
+  using fp_ms = duration<long double, std::milli>;
+  const auto now = Clock::now();
+  // Far deadlines (time_point::max(), min()) are settled in floating point,
+  // where subtracting cannot overflow.
+  const fp_ms gap =
+      fp_ms(deadline.time_since_epoch()) - fp_ms(now.time_since_epoch());
+  if (gap >= fp_ms(max_wait)) return max_wait.count();
+  if (gap <= -fp_ms(max_wait)) return 0;
+  // Near deadlines are computed exactly, so rounding stays upward.
+  if (!(deadline > now)) return 0;
+  return timeout_ms_for(deadline - now);
+}
+
+// Sole owner of one ipl_lock handle: opens it, closes it exactly once.
+class handle_owner {
+ public:
+  handle_owner() noexcept = default;
+  handle_owner(const char *path, uint32_t flags) {
+    int os_error = 0;
+    const int status = ipl_open_ex(path, flags, &handle_, &os_error);
+    if (status != IPL_OK) throw error(status, os_error);
+  }
+  handle_owner(const std::string &path, uint32_t flags)
+      : handle_owner(c_path(path), flags) {}
+
+  handle_owner(handle_owner &&other) noexcept
+      : handle_(std::exchange(other.handle_, nullptr)) {}
+  handle_owner &operator=(handle_owner &&other) noexcept {
+    if (this != &other) {
+      close();
+      handle_ = std::exchange(other.handle_, nullptr);
+    }
+    return *this;
+  }
+  handle_owner(const handle_owner &) = delete;
+  handle_owner &operator=(const handle_owner &) = delete;
+  ~handle_owner() { close(); }
+
+  // ipl_close releases whatever the handle holds; NULL is a no-op there.
+  void close() noexcept { ipl_close(std::exchange(handle_, nullptr)); }
+  ipl_lock *get() const noexcept { return handle_; }
+
+ private:
+  // A std::string with a NUL inside would silently name a shorter path.
+  static const char *c_path(const std::string &path) {
+    if (path.find('\0') != std::string::npos) throw error(IPL_E_INVALID);
+    return path.c_str();
+  }
+
+  ipl_lock *handle_ = nullptr;
+};
+
+}  // namespace wrapper_detail
+
+// An exclusive inter-process lock on one lock file (ipl_acquire /
+// ipl_release). Meets TimedLockable: use it with std::unique_lock,
+// std::scoped_lock, std::lock. Two process_lock objects on the same file
+// exclude each other like two processes, even in one thread.
+//
+// An empty object (default-constructed, moved-from or closed) holds no
+// handle; every lock call on it throws ipl::error(IPL_E_INVALID).
+class process_lock {
+ public:
+  using native_handle_type = ipl_lock *;
+
+  // An empty object.
+  process_lock() noexcept = default;
+  // Opens (by default creating, with missing parent folders) the lock file.
+  // Holds no lock yet. flags: IPL_OPEN_* bits. Throws ipl::error, e.g.
+  // IPL_E_NOT_REGULAR_FILE for a directory, IPL_E_INVALID for an empty path
+  // or a path containing NUL.
+  explicit process_lock(const char *path, uint32_t flags = 0)
+      : file_(path, flags) {}
+  explicit process_lock(const std::string &path, uint32_t flags = 0)
+      : file_(path, flags) {}
+
+  // Move-only. A moved-from object is empty; move assignment first closes
+  // (and so releases) what the target held.
+  process_lock(process_lock &&) noexcept = default;
+  process_lock &operator=(process_lock &&) noexcept = default;
+  process_lock(const process_lock &) = delete;
+  process_lock &operator=(const process_lock &) = delete;
+  // Closes the handle, which releases the lock if held. Never throws.
+  ~process_lock() = default;
+
+  // Blocks until the lock is granted. Throws ipl::error, e.g.
+  // IPL_E_WOULD_DEADLOCK when this object already holds it.
+  void lock() {
+    wrapper_detail::check(ipl_acquire(handle(), IPL_WAIT_FOREVER), handle());
+  }
+  // Tries once, never sleeps. true: granted; false: held elsewhere.
+  // Throws ipl::error otherwise (e.g. IPL_E_WOULD_DEADLOCK).
+  bool try_lock() {
+    return wrapper_detail::acquired(ipl_acquire(handle(), 0), handle());
+  }
+  // Waits at most `wait` (rounded up to whole ms). As try_lock otherwise.
+  template <class Rep, class Period>
+  bool try_lock_for(const std::chrono::duration<Rep, Period> &wait) {
+    return wrapper_detail::acquired(
+        ipl_acquire(handle(), wrapper_detail::timeout_ms_for(wait)), handle());
+  }
+  // Waits until `deadline` of any clock. As try_lock otherwise.
+  template <class Clock, class Duration>
+  bool try_lock_until(const std::chrono::time_point<Clock, Duration> &deadline) {
+    return wrapper_detail::acquired(
+        ipl_acquire(handle(), wrapper_detail::timeout_ms_until(deadline)), handle());
+  }
+  // Releases the lock. Throws ipl::error(IPL_E_NOT_HELD) when this object
+  // does not hold it; never throws when it does.
+  void unlock() { wrapper_detail::check(ipl_release(handle()), handle()); }
+
+  // Closes the handle (releasing the lock if held); the object becomes
+  // empty. Calling it again, or on an empty object, does nothing.
+  void close() noexcept { file_.close(); }
+  bool is_open() const noexcept { return file_.get() != nullptr; }
+  explicit operator bool() const noexcept { return is_open(); }
+  // The C handle, still owned by this object (NULL when empty), for mixing
+  // with ipl.h calls.
+  native_handle_type native_handle() const noexcept { return file_.get(); }
+
+ private:
+  ipl_lock *handle() const noexcept { return file_.get(); }
+
+  wrapper_detail::handle_owner file_;
+};
+
+// A reader-writer inter-process lock on one lock file: exclusive (write)
+// through lock()/unlock() and friends (ipl_acquire_write /
+// ipl_release_write), shared (read) through the *_shared members
+// (ipl_acquire_read / ipl_release_read). Meets TimedLockable and
+// SharedTimedLockable: use it with std::unique_lock and std::shared_lock.
+// One object holds at most one lock: asking for a second (in either mode)
+// throws ipl::error(IPL_E_WOULD_DEADLOCK); there is no silent upgrade.
+//
+// Construction, moving, closing and empty objects are as for process_lock.
+class shared_process_lock {
+ public:
+  using native_handle_type = ipl_lock *;
+
+  shared_process_lock() noexcept = default;
+  explicit shared_process_lock(const char *path, uint32_t flags = 0)
+      : file_(path, flags) {}
+  explicit shared_process_lock(const std::string &path, uint32_t flags = 0)
+      : file_(path, flags) {}
+
+  shared_process_lock(shared_process_lock &&) noexcept = default;
+  shared_process_lock &operator=(shared_process_lock &&) noexcept = default;
+  shared_process_lock(const shared_process_lock &) = delete;
+  shared_process_lock &operator=(const shared_process_lock &) = delete;
+  ~shared_process_lock() = default;
+
+  // ---- Exclusive (write): as process_lock.
+  void lock() {
+    wrapper_detail::check(ipl_acquire_write(handle(), IPL_WAIT_FOREVER), handle());
+  }
+  bool try_lock() {
+    return wrapper_detail::acquired(ipl_acquire_write(handle(), 0), handle());
+  }
+  template <class Rep, class Period>
+  bool try_lock_for(const std::chrono::duration<Rep, Period> &wait) {
+    return wrapper_detail::acquired(
+        ipl_acquire_write(handle(), wrapper_detail::timeout_ms_for(wait)), handle());
+  }
+  template <class Clock, class Duration>
+  bool try_lock_until(const std::chrono::time_point<Clock, Duration> &deadline) {
+    return wrapper_detail::acquired(
+        ipl_acquire_write(handle(), wrapper_detail::timeout_ms_until(deadline)),
+        handle());
+  }
+  // Throws ipl::error(IPL_E_NOT_HELD) unless this object holds the
+  // exclusive lock (a shared lock it holds is kept).
+  void unlock() { wrapper_detail::check(ipl_release_write(handle()), handle()); }
+
+  // ---- Shared (read): the same contract, in shared mode.
+  void lock_shared() {
+    wrapper_detail::check(ipl_acquire_read(handle(), IPL_WAIT_FOREVER), handle());
+  }
+  bool try_lock_shared() {
+    return wrapper_detail::acquired(ipl_acquire_read(handle(), 0), handle());
+  }
+  template <class Rep, class Period>
+  bool try_lock_shared_for(const std::chrono::duration<Rep, Period> &wait) {
+    return wrapper_detail::acquired(
+        ipl_acquire_read(handle(), wrapper_detail::timeout_ms_for(wait)), handle());
+  }
+  template <class Clock, class Duration>
+  bool try_lock_shared_until(
+      const std::chrono::time_point<Clock, Duration> &deadline) {
+    return wrapper_detail::acquired(
+        ipl_acquire_read(handle(), wrapper_detail::timeout_ms_until(deadline)),
+        handle());
+  }
+  // Throws ipl::error(IPL_E_NOT_HELD) unless this object holds a shared
+  // lock (an exclusive lock it holds is kept).
+  void unlock_shared() { wrapper_detail::check(ipl_release_read(handle()), handle()); }
+
+  void close() noexcept { file_.close(); }
+  bool is_open() const noexcept { return file_.get() != nullptr; }
+  explicit operator bool() const noexcept { return is_open(); }
+  native_handle_type native_handle() const noexcept { return file_.get(); }
+
+ private:
+  ipl_lock *handle() const noexcept { return file_.get(); }
+
+  wrapper_detail::handle_owner file_;
+};
+
+namespace wrapper_detail {
+
+enum class call_mode { exclusive, read, write };
+
+// The callable returned by the interprocess_*locked functions.
+//
+// Handle strategy: every call opens its own handle, locks it, runs the
+// function and closes the handle (which releases). A handle holds at most one
+// lock and re-locking it is IPL_E_WOULD_DEADLOCK, so one handle shared by
+// calls from several threads would make concurrent calls fail; a handle per
+// call makes calls from several threads exclude (or, for read, share) each
+// other exactly as calls from several processes do. The price is one
+// open()/close() per call, small beside taking an inter-process lock.
+template <class F, call_mode Mode>
+class locked_callable {
+ public:
+  locked_callable(std::string path, F function, uint32_t flags)
+      : path_(std::move(path)), function_(std::move(function)), flags_(flags) {}
+
+  template <class... Args>
+  std::invoke_result_t<F &, Args...> operator()(Args &&...args) {
+    return call(function_, std::forward<Args>(args)...);
+  }
+  template <class... Args>
+  std::invoke_result_t<const F &, Args...> operator()(Args &&...args) const {
+    return call(function_, std::forward<Args>(args)...);
+  }
+
+  const std::string &path() const noexcept { return path_; }
+
+ private:
+  template <class Function, class... Args>
+  decltype(auto) call(Function &function, Args &&...args) const {
+    // The lock object outlives the return value's construction, so the
+    // lock covers it; its destructor releases, also when function throws.
+    if constexpr (Mode == call_mode::exclusive) {
+      process_lock lock(path_, flags_);
+      lock.lock();
+      return std::invoke(function, std::forward<Args>(args)...);
+    } else {
+      shared_process_lock lock(path_, flags_);
+      if constexpr (Mode == call_mode::read)
+        lock.lock_shared();
+      else
+        lock.lock();
+      return std::invoke(function, std::forward<Args>(args)...);
+    }
+  }
+
+  std::string path_;
+  F function_;
+  uint32_t flags_;
+};
+
+}  // namespace wrapper_detail
+
+// The callable type the interprocess_*locked functions return.
+template <class F, wrapper_detail::call_mode Mode>
+using locked_callable = wrapper_detail::locked_callable<std::decay_t<F>, Mode>;
+
+// Wraps `function` so that every call takes the exclusive lock on the lock
+// file at `path` (waiting as long as it takes), calls `function` with the
+// arguments forwarded, releases the lock and hands back its result (void
+// included) or lets its exception through, after releasing. The file is
+// opened on each call (flags: IPL_OPEN_* bits), so opening errors and lock
+// errors are thrown as ipl::error from the call, before `function` runs.
+// The returned callable may be called from several threads at once.
+template <class F>
+locked_callable<F, wrapper_detail::call_mode::exclusive>
+interprocess_locked(std::string path, F &&function, uint32_t flags = 0) {
+  return locked_callable<F, wrapper_detail::call_mode::exclusive>(
+      std::move(path), std::forward<F>(function), flags);
+}
+
+// As interprocess_locked, holding the shared (read) lock around each call:
+// calls run concurrently with other readers, never with a writer.
+template <class F>
+locked_callable<F, wrapper_detail::call_mode::read>
+interprocess_read_locked(std::string path, F &&function, uint32_t flags = 0) {
+  return locked_callable<F, wrapper_detail::call_mode::read>(
+      std::move(path), std::forward<F>(function), flags);
+}
+
+// As interprocess_locked, holding the exclusive (write) lock of the
+// reader-writer lock around each call (the same lock as interprocess_locked).
+template <class F>
+locked_callable<F, wrapper_detail::call_mode::write>
+interprocess_write_locked(std::string path, F &&function, uint32_t flags = 0) {
+  return locked_callable<F, wrapper_detail::call_mode::write>(
+      std::move(path), std::forward<F>(function), flags);
+}
+
+}  // namespace ipl
+
+#endif  // IPL_IPL_HPP

@@ -1,0 +1,17 @@
+// Systems without per-thread timer signals: timed waits always poll.
+#include "ipl/ipl.h"
+#include "wait_signal.hpp"
+
+namespace ipl::detail {
+
+deadline_interrupt::deadline_interrupt(wait_deadline::clock::time_point) {}
+deadline_interrupt::~deadline_interrupt() = default;
+
+int set_wait_signal(int signo) {
+  if (signo == 0 || signo == IPL_WAIT_SIGNAL_AUTO) return IPL_OK;
+  return IPL_E_UNSUPPORTED;
+}
+
+int current_wait_signal() { return 0; }
+
+}  // namespace ipl::detail

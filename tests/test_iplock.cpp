@@ -1,0 +1,705 @@
+// Iplock: the iplock command-line tool (tools/iplock.c), run as a real
+// process ($IPL_IPLOCK) against other iplocks and against Python's fasteners.
+//
+// Every iplock is started through the helper iplock_exec_clean, which gives
+// it a known signal state (every disposition default, nothing blocked, or
+// one signal ignored on purpose) and then execs it: the pid the test holds is
+// iplock's own, and the test's run environment (a shell that ignores SIGINT
+// in background jobs, say) cannot change what a test sees.
+//
+// Lock holders run a helper of this binary as iplock's COMMAND: it says
+// "ready" once it runs (so the lock is held) and waits for a line from the
+// test, which reaches it through iplock's inherited stdin.
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+#include <ipl/ipl.h>
+
+#include "test_support.hpp"
+
+namespace {
+
+using namespace ipltest;
+using clock_type = std::chrono::steady_clock;
+
+const int kForwardedSignals[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
+
+// ---- Helpers (child side) ---------------------------------------------------
+
+// args: STDERR_FILE ("-": inherit) IGNORED_SIGNAL (0: none) PROGRAM ARG...
+// Resets the signal state, then execs PROGRAM (keeping this pid).
+IPL_TEST_HELPER(iplock_exec_clean) {
+  if (args.size() < 3) return 90;
+  for (int sig = 1; sig < NSIG; ++sig) {
+    if (sig == SIGKILL || sig == SIGSTOP) continue;
+    signal(sig, SIG_DFL);  // fails harmlessly for numbers that are no signal
+  }
+  const int ignored_signal = std::atoi(args[1].c_str());
+  if (ignored_signal > 0) signal(ignored_signal, SIG_IGN);
+  sigset_t none;
+  sigemptyset(&none);
+  sigprocmask(SIG_SETMASK, &none, nullptr);
+  if (args[0] != "-" && !std::freopen(args[0].c_str(), "w", stderr)) return 91;
+  std::vector<char *> argv;
+  for (size_t i = 2; i < args.size(); ++i) argv.push_back(const_cast<char *>(args[i].c_str()));
+  argv.push_back(nullptr);
+  execv(argv[0], argv.data());
+  std::perror("iplock_exec_clean: execv");
+  return 92;
+}
+
+// Says "ready", then exits 0 when the test writes a line (3 on EOF/timeout).
+IPL_TEST_HELPER(iplock_wait_for_line) {
+  (void)args;
+  helper_say("ready");
+  std::string line;
+  return helper_hear(&line) ? 0 : 3;
+}
+
+volatile sig_atomic_t received_signal = 0;
+void record_signal(int sig) { received_signal = sig; }
+
+// args: SIGNAL. Catches SIGNAL, says "ready", then "got N" when a signal
+// arrives and exits 0 (3 if none comes within kBound).
+IPL_TEST_HELPER(iplock_report_signal) {
+  if (args.size() != 1) return 90;
+  const int sig = std::atoi(args[0].c_str());
+  struct sigaction action {};
+  action.sa_handler = record_signal;
+  sigemptyset(&action.sa_mask);
+  if (sigaction(sig, &action, nullptr) != 0) return 91;
+  helper_say("ready");
+  const auto deadline = clock_type::now() + kBound;
+  while (received_signal == 0 && clock_type::now() < deadline)
+    std::this_thread::sleep_for(2ms);
+  if (received_signal == 0) return 3;
+  helper_say("got " + std::to_string(received_signal));
+  return 0;
+}
+
+// Prints the state of the forwarded signals as this process found it:
+// "blocked:<nums> ignored:<nums> caught:<nums>" (each list comma-separated).
+IPL_TEST_HELPER(iplock_signal_state) {
+  (void)args;
+  sigset_t mask;
+  sigprocmask(SIG_SETMASK, nullptr, &mask);
+  std::string blocked, ignored, caught;
+  for (const int sig : kForwardedSignals) {
+    struct sigaction action {};
+    sigaction(sig, nullptr, &action);
+    const std::string number = std::to_string(sig) + ",";
+    if (sigismember(&mask, sig)) blocked += number;
+    if (action.sa_handler == SIG_IGN) ignored += number;
+    else if (action.sa_handler != SIG_DFL) caught += number;
+  }
+  helper_say("blocked:" + blocked + " ignored:" + ignored + " caught:" + caught);
+  return 0;
+}
+
+// ---- Test side --------------------------------------------------------------
+
+std::string iplock_path() {
+  const char *configured = getenv("IPL_IPLOCK");
+  if (configured && *configured) return configured;
+  // Run by hand from the build folder: tests/ipl_tests next to tools/iplock.
+  const std::string self = self_exe();
+  return self.substr(0, self.rfind('/')) + "/../tools/iplock";
+}
+
+std::string fasteners_python() {
+  const char *python = getenv("IPL_FASTENERS_PYTHON");
+  return python && *python ? python : "/usr/bin/python3";
+}
+
+// The argv that runs helper `name` of this binary as iplock's COMMAND.
+std::vector<std::string> helper_command(const std::string &name,
+                                        const std::vector<std::string> &args = {}) {
+  std::vector<std::string> argv{self_exe(), "--ipl-helper", name};
+  argv.insert(argv.end(), args.begin(), args.end());
+  return argv;
+}
+
+std::vector<std::string> concat(std::vector<std::string> a, const std::vector<std::string> &b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+
+// Starts `iplock ARGS...` with a clean signal state (see the top).
+child_process start_iplock(const std::vector<std::string> &args,
+                           const std::string &stderr_file = "-", int ignored_signal = 0) {
+  return child_process::helper(
+      "iplock_exec_clean",
+      concat({stderr_file, std::to_string(ignored_signal), iplock_path()}, args));
+}
+
+struct finished_run {
+  int exit_code = -1;  // describe_status(): -1 timeout, -1000-N killed by N
+  std::vector<std::string> out;
+  std::string err;
+  std::chrono::milliseconds elapsed{0};
+};
+
+std::string read_file(const std::string &path) {
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+// Runs `iplock ARGS...` to its end (bounded) and collects what it printed.
+finished_run run_iplock(const temp_dir &dir, const std::vector<std::string> &args,
+                        int ignored_signal = 0) {
+  const std::string err_file = dir.path("iplock.stderr");
+  const auto start = clock_type::now();
+  child_process iplock = start_iplock(args, err_file, ignored_signal);
+  finished_run run;
+  std::string line;
+  // Lines until EOF: every process holding the pipe (iplock, COMMAND) ended.
+  while (iplock.read_line(&line)) run.out.push_back(line);
+  run.exit_code = describe_status(iplock.wait());
+  run.elapsed = std::chrono::duration_cast<std::chrono::milliseconds>(clock_type::now() - start);
+  run.err = read_file(err_file);
+  return run;
+}
+
+// Writes a line to a child that may already have ended (after a failure):
+// with SIGPIPE ignored meanwhile, that fails the test instead of killing
+// the whole test binary.
+void tell(child_process &child, const std::string &line) {
+  struct sigaction ignore {}, previous {};
+  ignore.sa_handler = SIG_IGN;
+  sigemptyset(&ignore.sa_mask);
+  sigaction(SIGPIPE, &ignore, &previous);
+  child.write_line(line);
+  sigaction(SIGPIPE, &previous, nullptr);
+}
+
+// An iplock holding LOCK (with OPTIONS) until release() is called.
+class lock_holder {
+ public:
+  lock_holder(const std::string &lock, const std::vector<std::string> &options = {})
+      : iplock_(start_iplock(concat(concat(options, {lock}),
+                                    helper_command("iplock_wait_for_line")))) {}
+
+  // True once the command runs, i.e. iplock holds the lock.
+  bool wait_until_held() { return iplock_.expect_line("ready"); }
+  // Lets the command end; iplock's exit code (describe_status()).
+  int release() {
+    tell(iplock_, "release");
+    return describe_status(iplock_.wait());
+  }
+
+ private:
+  child_process iplock_;
+};
+
+bool file_exists(const std::string &path) {
+  struct stat st;
+  return stat(path.c_str(), &st) == 0;
+}
+
+// True once process `pid` catches `sig` (per /proc/PID/status), within kBound.
+// iplock installs its handlers before it opens or waits for the lock, so
+// from then on the signal is sure to reach iplock's handler, not kill it.
+bool wait_until_catches(pid_t pid, int sig) {
+  const auto deadline = clock_type::now() + kBound;
+  const std::string status_path = "/proc/" + std::to_string(pid) + "/status";
+  while (clock_type::now() < deadline) {
+    std::ifstream status(status_path);
+    std::string line;
+    while (std::getline(status, line)) {
+      if (line.rfind("SigCgt:", 0) != 0) continue;
+      const unsigned long long caught = std::stoull(line.substr(7), nullptr, 16);
+      if (caught & (1ull << (sig - 1))) return true;
+    }
+    std::this_thread::sleep_for(2ms);
+  }
+  return false;
+}
+
+// Runs a Python snippet with fasteners; its argv[1] is `lock`.
+child_process start_fasteners(const std::string &script, const std::string &lock) {
+  return child_process::program({fasteners_python(), "-c", script, lock});
+}
+
+const char kFastenersHolder[] =
+    "import sys, fasteners\n"
+    "lock = fasteners.InterProcessLock(sys.argv[1])\n"
+    "lock.acquire()\n"
+    "print('locked', flush=True)\n"
+    "sys.stdin.readline()\n"
+    "lock.release()\n";
+
+const char kFastenersTry[] =
+    "import sys, fasteners\n"
+    "lock = fasteners.InterProcessLock(sys.argv[1])\n"
+    "got = lock.acquire(blocking=False)\n"
+    "print('acquired' if got else 'busy', flush=True)\n"
+    "if got: lock.release()\n";
+
+// ---- Options -------------------------------------------------------------------
+
+// Catches: no lock taken at all, or -n waiting instead of failing at once.
+TEST(IplockOptions, ExclusiveByDefaultAndNonblockConflictExitsOne) {
+  temp_dir dir;
+  const std::string lock = dir.path("lock");
+  lock_holder holder(lock);
+  ASSERT_TRUE(holder.wait_until_held());
+
+  const finished_run run = run_iplock(dir, {"-n", lock, "echo", "ran"});
+  EXPECT_EQ(run.exit_code, 1);
+  EXPECT_TRUE(run.out.empty()) << "the command ran although the lock was held";
+  EXPECT_LT(run.elapsed, 10s) << "-n must not wait";
+  EXPECT_EQ(holder.release(), 0);
+}
+
+// Catches: -x (or --exclusive) ignored or taken for -s, and -s then -x
+// keeping the shared mode (the last of -s/-x must win).
+TEST(IplockOptions, ExplicitExclusiveConflictsWithSharedHolder) {
+  temp_dir dir;
+  const std::string lock = dir.path("lock");
+  lock_holder holder(lock, {"-s"});
+  ASSERT_TRUE(holder.wait_until_held());
+
+  EXPECT_EQ(run_iplock(dir, {"-x", "-n", lock, "true"}).exit_code, 1);
+  EXPECT_EQ(run_iplock(dir, {"--exclusive", "-n", lock, "true"}).exit_code, 1);
+  EXPECT_EQ(run_iplock(dir, {"-s", "-x", "-n", lock, "true"}).exit_code, 1);
+  EXPECT_EQ(holder.release(), 0);
+}
+
+// Catches: -s ignored (an exclusive lock would make the second -s conflict),
+// or a shared lock that also lets an exclusive one in.
+TEST(IplockOptions, SharedLocksCoexistAndExcludeExclusive) {
+  temp_dir dir;
+  const std::string lock = dir.path("lock");
+  lock_holder holder(lock, {"-s"});
+  ASSERT_TRUE(holder.wait_until_held());
+
+  const finished_run shared = run_iplock(dir, {"-s", "-n", lock, "echo", "ran"});
+  EXPECT_EQ(shared.exit_code, 0) << shared.err;
+  EXPECT_EQ(shared.out, std::vector<std::string>{"ran"});
+  EXPECT_EQ(run_iplock(dir, {"--shared", "-n", lock, "true"}).exit_code, 0);
+  EXPECT_EQ(run_iplock(dir, {"-n", lock, "true"}).exit_code, 1);
+  EXPECT_EQ(holder.release(), 0);
+}
+
+// Catches: an exclusive holder that lets a shared locker in.
+TEST(IplockOptions, ExclusiveHolderExcludesShared) {
+  temp_dir dir;
+  const std::string lock = dir.path("lock");
+  lock_holder holder(lock, {"-x"});
+  ASSERT_TRUE(holder.wait_until_held());
+  EXPECT_EQ(run_iplock(dir, {"-s", "-n", lock, "true"}).exit_code, 1);
+  EXPECT_EQ(holder.release(), 0);
+}
+
+// Catches: -E / --conflict-exit-code ignored (exit 1) or parsed wrongly.
+TEST(IplockOptions, ConflictExitCodeOption) {
+  temp_dir dir;
+  const std::string lock = dir.path("lock");
+  lock_holder holder(lock);
+  ASSERT_TRUE(holder.wait_until_held());
+  EXPECT_EQ(run_iplock(dir, {"-E", "42", "-n", lock, "true"}).exit_code, 42);
+  EXPECT_EQ(run_iplock(dir, {"--conflict-exit-code=0", "-n", lock, "true"}).exit_code, 0);
+  EXPECT_EQ(run_iplock(dir, {"-E", "255", "-w", "0.05", lock, "true"}).exit_code, 255);
+  EXPECT_EQ(holder.release(), 0);
+}
+
+// Catches: -w giving up early (e.g. "0.3" read as 0, or whole seconds
+// rounded down), treated as "wait forever" (the bounded run then fails), or
+// running the command after the timeout.
+TEST(IplockOptions, TimeoutGivesUpAfterTheTimeout) {
+  temp_dir dir;
+  const std::string lock = dir.path("lock");
+  lock_holder holder(lock);
+  ASSERT_TRUE(holder.wait_until_held());
+
+  const finished_run run = run_iplock(dir, {"-w", "0.3", lock, "echo", "ran"});
+  EXPECT_EQ(run.exit_code, 1);
+  EXPECT_TRUE(run.out.empty());
+  EXPECT_GE(run.elapsed, 300ms);
+  EXPECT_LT(run.elapsed, 10s);
+
+  const finished_run long_option = run_iplock(dir, {"--timeout", "0.25", "-E", "9", lock, "true"});
+  EXPECT_EQ(long_option.exit_code, 9);
+  EXPECT_GE(long_option.elapsed, 250ms);
+  EXPECT_EQ(holder.release(), 0);
+}
+
+// Catches: -w not waiting at all (it would fail while the holder still
+// runs), or not noticing the release within the timeout.
+TEST(IplockOptions, TimeoutSucceedsWhenReleasedInTime) {
+  temp_dir dir;
+  const std::string lock = dir.path("lock");
+  lock_holder holder(lock);
+  ASSERT_TRUE(holder.wait_until_held());
+
+  child_process waiter = start_iplock({"-w", "20", lock, "echo", "got it"});
+  EXPECT_TRUE(waiter.silent_for(300ms)) << "ran (or gave up) while the lock was held";
+  EXPECT_EQ(holder.release(), 0);
+  EXPECT_TRUE(waiter.expect_line("got it"));
+  EXPECT_EQ(describe_status(waiter.wait()), 0);
+}
+
+// Catches: -o / --close rejected as an unknown option, or swallowing the
+// command's status.
+TEST(IplockOptions, CloseOptionIsAccepted) {
+  temp_dir dir;
+  const std::string lock = dir.path("lock");
+  EXPECT_EQ(run_iplock(dir, {"-o", lock, "sh", "-c", "exit 5"}).exit_code, 5);
+  EXPECT_EQ(run_iplock(dir, {"--close", lock, "sh", "-c", "exit 6"}).exit_code, 6);
+}
+
+// Catches: -c run without a shell (exec of "-c": 127), or its shell syntax
+// (a pipe, an exit status) not interpreted.
+TEST(IplockOptions, ShellCommandOption) {
+  temp_dir dir;
+  const std::string lock = dir.path("lock");
+  const finished_run run = run_iplock(dir, {lock, "-c", "echo hello world | tr a-z A-Z; exit 3"});
+  EXPECT_EQ(run.exit_code, 3) << run.err;
+  EXPECT_EQ(run.out, std::vector<std::string>{"HELLO WORLD"});
+  EXPECT_EQ(run_iplock(dir, {lock, "--command", "exit 4"}).exit_code, 4);
+}
+
+// Catches: option parsing that does not stop at LOCKFILE (GNU getopt would
+// permute and eat the command's -x and -n).
+TEST(IplockOptions, CommandOptionsPassThrough) {
+  temp_dir dir;
+  const std::string lock = dir.path("lock");
+  const finished_run run = run_iplock(dir, {lock, "printf", "%s\\n", "-x", "-n", "--help"});
+  EXPECT_EQ(run.exit_code, 0) << run.err;
+  EXPECT_EQ(run.out, (std::vector<std::string>{"-x", "-n", "--help"}));
+}
+
+// Catches: help/version exiting non-zero, printing nothing, or a version
+// that is not the loaded library's.
+TEST(IplockOptions, HelpAndVersion) {
+  temp_dir dir;
+  for (const char *help : {"-h", "--help"}) {
+    const finished_run run = run_iplock(dir, {help});
+    EXPECT_EQ(run.exit_code, 0) << help;
+    ASSERT_FALSE(run.out.empty()) << help;
+    EXPECT_NE(run.out[0].find("Usage"), std::string::npos) << run.out[0];
+  }
+  for (const char *version : {"-V", "--version"}) {
+    const finished_run run = run_iplock(dir, {version});
+    EXPECT_EQ(run.exit_code, 0) << version;
+    ASSERT_EQ(run.out.size(), 1u) << version;
+    EXPECT_NE(run.out[0].find("iplock"), std::string::npos) << run.out[0];
+    EXPECT_NE(run.out[0].find(ipl_version_string()), std::string::npos) << run.out[0];
+  }
+}
+
+// ---- Exit status ------------------------------------------------------------------
+
+// Catches: iplock exiting 0 (or 1) whatever the command did.
+TEST(IplockExitStatus, CommandStatusPassesThrough) {
+  temp_dir dir;
+  const std::string lock = dir.path("lock");
+  EXPECT_EQ(run_iplock(dir, {lock, "sh", "-c", "exit 7"}).exit_code, 7);
+  EXPECT_EQ(run_iplock(dir, {lock, "true"}).exit_code, 0);
+}
+
+// Catches: a signal death reported as the raw wait status, as 0/1, or by
+// iplock killing itself with the signal (a shell would see 128+9 either
+// way, but iplock's own caller must get an exit code).
+TEST(IplockExitStatus, CommandKilledBySignalGives128PlusSignal) {
+  temp_dir dir;
+  const std::string lock = dir.path("lock");
+  EXPECT_EQ(run_iplock(dir, {lock, "sh", "-c", "kill -KILL $$"}).exit_code, 128 + SIGKILL);
+}
+
+// Catches: a missing or non-executable command reported as an iplock
+// failure (71) or as 1, instead of 127 / 126 as shells do; and a lock
+// left behind by the failed start.
+TEST(IplockExitStatus, CommandNotFoundOrNotExecutable) {
+  temp_dir dir;
+  const std::string lock = dir.path("lock");
+  const finished_run missing = run_iplock(dir, {lock, "ipl-no-such-command-here"});
+  EXPECT_EQ(missing.exit_code, 127);
+  EXPECT_NE(missing.err.find("ipl-no-such-command-here"), std::string::npos) << missing.err;
+  EXPECT_EQ(run_iplock(dir, {lock, dir.path("missing-program")}).exit_code, 127);
+
+  const std::string not_executable = dir.path("script");
+  std::ofstream(not_executable) << "#!/bin/sh\nexit 0\n";
+  ASSERT_EQ(chmod(not_executable.c_str(), 0644), 0);
+  const finished_run denied = run_iplock(dir, {lock, not_executable});
+  EXPECT_EQ(denied.exit_code, 126);
+  EXPECT_FALSE(denied.err.empty());
+
+  EXPECT_EQ(run_iplock(dir, {"-n", lock, "true"}).exit_code, 0);
+}
+
+// Catches: accepting garbage (strtod("abc") is 0, atoi("x") is 0), negative,
+// nan or inf timeouts, out-of-range exit codes, or a missing command, and
+// then running something; or a wrong exit code / no message.
+TEST(IplockExitStatus, UsageErrorsExit64WithAMessage) {
+  temp_dir dir;
+  const std::string lock = dir.path("lock");
+  const std::string marker = dir.path("marker");
+  const std::vector<std::vector<std::string>> bad_command_lines = {
+      {},
+      {lock},
+      {"-n"},
+      {"-w"},
+      {"-w", "abc", lock, "touch", marker},
+      {"-w", "", lock, "touch", marker},
+      {"-w", "-1", lock, "touch", marker},
+      {"-w", "nan", lock, "touch", marker},
+      {"-w", "inf", lock, "touch", marker},
+      {"-w", "1x", lock, "touch", marker},
+      {"-w", "1.2.3", lock, "touch", marker},
+      {"-E", "256", lock, "touch", marker},
+      {"-E", "-1", lock, "touch", marker},
+      {"-E", "x", lock, "touch", marker},
+      {"-E", "", lock, "touch", marker},
+      {"--bogus", lock, "touch", marker},
+      {"-q", lock, "touch", marker},
+      {lock, "-c"},
+      {lock, "-c", "touch " + marker, "extra"},
+  };
+  for (const auto &args : bad_command_lines) {
+    std::string shown;
+    for (const auto &arg : args) shown += "'" + arg + "' ";
+    const finished_run run = run_iplock(dir, args);
+    EXPECT_EQ(run.exit_code, 64) << shown;
+    EXPECT_FALSE(run.err.empty()) << shown;
+    EXPECT_FALSE(file_exists(marker)) << shown << "ran the command";
+  }
+}
+
+// Catches: a lock file that cannot be opened reported as a conflict (1), a
+// command run without the lock, or missing folders created silently.
+TEST(IplockExitStatus, LockFileThatCannotBeOpenedExits66) {
+  temp_dir dir;
+  const std::string marker = dir.path("marker");
+  const finished_run in_missing_folder =
+      run_iplock(dir, {dir.path("no-such-folder/lock"), "touch", marker});
+  EXPECT_EQ(in_missing_folder.exit_code, 66);
+  EXPECT_FALSE(in_missing_folder.err.empty());
+  EXPECT_FALSE(file_exists(dir.path("no-such-folder")));
+
+  const finished_run folder = run_iplock(dir, {dir.root(), "touch", marker});
+  EXPECT_EQ(folder.exit_code, 66);
+  EXPECT_FALSE(folder.err.empty());
+  EXPECT_FALSE(file_exists(marker));
+}
+
+// ---- Exclusion -----------------------------------------------------------------
+
+// Catches: a lock not taken, or not released when iplock's command ends.
+TEST(IplockExclusion, AgainstAnotherIplock) {
+  temp_dir dir;
+  const std::string lock = dir.path("lock");
+  lock_holder holder(lock);
+  ASSERT_TRUE(holder.wait_until_held());
+  EXPECT_EQ(run_iplock(dir, {"-n", lock, "true"}).exit_code, 1);
+  EXPECT_EQ(holder.release(), 0);
+
+  const finished_run after = run_iplock(dir, {"-n", lock, "echo", "B ran"});
+  EXPECT_EQ(after.exit_code, 0) << after.err;
+  EXPECT_EQ(after.out, std::vector<std::string>{"B ran"});
+}
+
+// Catches: a blocking waiter that runs its command while the lock is held,
+// or never wakes up after the holder ends.
+TEST(IplockExclusion, BlockingWaiterRunsOnlyAfterHolderEnds) {
+  temp_dir dir;
+  const std::string lock = dir.path("lock");
+  lock_holder holder(lock);
+  ASSERT_TRUE(holder.wait_until_held());
+
+  child_process waiter = start_iplock({lock, "echo", "B got it"});
+  EXPECT_TRUE(waiter.silent_for(300ms)) << "B ran while A held the lock";
+  EXPECT_EQ(holder.release(), 0);
+  EXPECT_TRUE(waiter.expect_line("B got it"));
+  EXPECT_EQ(describe_status(waiter.wait()), 0);
+}
+
+// Catches: the lock's descriptor leaking into the command (with OFD locks
+// a background grandchild would then keep the lock after iplock exits).
+TEST(IplockExclusion, LockIsNotInheritedByTheCommand) {
+  temp_dir dir;
+  const std::string lock = dir.path("lock");
+  // The grandchild waits for a line on a copy of stdin (an asynchronous
+  // list's own stdin is /dev/null) and so outlives iplock.
+  child_process iplock = start_iplock(
+      {lock, "sh", "-c", "exec 5<&0; (read line <&5; echo gone) & echo started"});
+  ASSERT_TRUE(iplock.expect_line("started"));
+  ASSERT_EQ(describe_status(iplock.wait()), 0);
+
+  EXPECT_EQ(run_iplock(dir, {"-n", lock, "true"}).exit_code, 0)
+      << "the lock outlived iplock in the command's background child";
+  tell(iplock, "done");
+}
+
+// ---- Interoperability with fasteners ---------------------------------------------
+
+void expect_fasteners_available() {
+  child_process probe = child_process::program({fasteners_python(), "-c", "import fasteners"});
+  ASSERT_EQ(describe_status(probe.wait()), 0)
+      << fasteners_python() << " cannot import fasteners (set IPL_FASTENERS_PYTHON)";
+}
+
+// Catches: iplock taking a lock fasteners does not see (flock(2), another
+// byte range), in the fasteners-holds direction.
+TEST(IplockInterop, FastenersHolderMakesIplockConflict) {
+  ASSERT_NO_FATAL_FAILURE(expect_fasteners_available());
+  temp_dir dir;
+  const std::string lock = dir.path("lock");
+  child_process fasteners = start_fasteners(kFastenersHolder, lock);
+  ASSERT_TRUE(fasteners.expect_line("locked"));
+
+  EXPECT_EQ(run_iplock(dir, {"-n", lock, "true"}).exit_code, 1);
+  EXPECT_EQ(run_iplock(dir, {"-s", "-n", lock, "true"}).exit_code, 1);
+  tell(fasteners, "release");
+  EXPECT_EQ(describe_status(fasteners.wait()), 0);
+  EXPECT_EQ(run_iplock(dir, {"-n", lock, "true"}).exit_code, 0);
+}
+
+// Catches: the same, in the iplock-holds direction.
+TEST(IplockInterop, IplockHolderMakesFastenersTryFail) {
+  ASSERT_NO_FATAL_FAILURE(expect_fasteners_available());
+  temp_dir dir;
+  const std::string lock = dir.path("lock");
+  {
+    lock_holder holder(lock);
+    ASSERT_TRUE(holder.wait_until_held());
+    child_process fasteners = start_fasteners(kFastenersTry, lock);
+    EXPECT_TRUE(fasteners.expect_line("busy"));
+    EXPECT_EQ(describe_status(fasteners.wait()), 0);
+    EXPECT_EQ(holder.release(), 0);
+  }
+  child_process fasteners = start_fasteners(kFastenersTry, lock);
+  EXPECT_TRUE(fasteners.expect_line("acquired"));
+  EXPECT_EQ(describe_status(fasteners.wait()), 0);
+}
+
+// Catches: -s taking something other than a whole-file F_RDLCK (fasteners'
+// reader would then conflict, or its writer get in).
+TEST(IplockInterop, SharedIplockAgainstFastenersReaderWriterLock) {
+  ASSERT_NO_FATAL_FAILURE(expect_fasteners_available());
+  temp_dir dir;
+  const std::string lock = dir.path("lock");
+  lock_holder holder(lock, {"-s"});
+  ASSERT_TRUE(holder.wait_until_held());
+  child_process fasteners = start_fasteners(
+      "import sys, fasteners\n"
+      "rw = fasteners.InterProcessReaderWriterLock(sys.argv[1])\n"
+      "print('write', rw.acquire_write_lock(blocking=False), flush=True)\n"
+      "got = rw.acquire_read_lock(blocking=False)\n"
+      "print('read', got, flush=True)\n"
+      "if got: rw.release_read_lock()\n",
+      lock);
+  EXPECT_TRUE(fasteners.expect_line("write False"));
+  EXPECT_TRUE(fasteners.expect_line("read True"));
+  EXPECT_EQ(describe_status(fasteners.wait()), 0);
+  EXPECT_EQ(holder.release(), 0);
+}
+
+// ---- Signals ------------------------------------------------------------------------
+
+class IplockSignalDuringWait : public ::testing::TestWithParam<std::tuple<int, const char *>> {};
+
+// Catches: a wait that signals cannot end (the library's waits retry on
+// EINTR by design: the bounded wait below then fails), iplock dying by the
+// signal instead of exiting 128+N, or the command running anyway.
+TEST_P(IplockSignalDuringWait, EndsTheWaitWith128PlusSignal) {
+  const int sig = std::get<0>(GetParam());
+  const std::string timeout = std::get<1>(GetParam());
+  temp_dir dir;
+  const std::string lock = dir.path("lock");
+  lock_holder holder(lock);
+  ASSERT_TRUE(holder.wait_until_held());
+
+  std::vector<std::string> args{lock, "echo", "ran"};
+  if (!timeout.empty()) args.insert(args.begin(), {"-w", timeout});
+  child_process waiter = start_iplock(args);
+  ASSERT_TRUE(wait_until_catches(waiter.pid(), sig));
+  EXPECT_TRUE(waiter.silent_for(200ms)) << "ran while the lock was held";
+
+  const auto start = clock_type::now();
+  waiter.send_signal(sig);
+  EXPECT_EQ(describe_status(waiter.wait(5s)), 128 + sig);
+  EXPECT_LT(clock_type::now() - start, 5s);
+  std::string line;
+  EXPECT_FALSE(waiter.read_line(&line, 1s)) << "printed: " << line;
+  EXPECT_EQ(holder.release(), 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Iplock, IplockSignalDuringWait,
+    ::testing::Values(std::make_tuple(SIGTERM, ""), std::make_tuple(SIGINT, ""),
+                      std::make_tuple(SIGTERM, "60"), std::make_tuple(SIGHUP, "60")));
+
+// Catches: SIGTERM not forwarded (the command would keep waiting and the
+// bounded wait fail), or its death by signal not reported as 143.
+TEST(IplockSignals, SigtermReachesTheCommandAndGives143) {
+  temp_dir dir;
+  const std::string lock = dir.path("lock");
+  child_process iplock = start_iplock(concat({lock}, helper_command("iplock_wait_for_line")));
+  ASSERT_TRUE(iplock.expect_line("ready"));
+  iplock.send_signal(SIGTERM);
+  EXPECT_EQ(describe_status(iplock.wait()), 128 + SIGTERM);
+  EXPECT_EQ(run_iplock(dir, {"-n", lock, "true"}).exit_code, 0);
+}
+
+class IplockForwardedSignal : public ::testing::TestWithParam<int> {};
+
+// Catches: any of the six forwarded signals not forwarded (or forwarded as
+// another signal), or iplock ending before its command does.
+TEST_P(IplockForwardedSignal, ReachesTheCommand) {
+  const int sig = GetParam();
+  temp_dir dir;
+  const std::string lock = dir.path("lock");
+  child_process iplock = start_iplock(
+      concat({lock}, helper_command("iplock_report_signal", {std::to_string(sig)})));
+  ASSERT_TRUE(iplock.expect_line("ready"));
+  iplock.send_signal(sig);
+  EXPECT_TRUE(iplock.expect_line("got " + std::to_string(sig)));
+  EXPECT_EQ(describe_status(iplock.wait()), 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(Iplock, IplockForwardedSignal, ::testing::ValuesIn(kForwardedSignals));
+
+// Catches: iplock's own signal blocking or handlers leaking into the
+// command (a blocked SIGTERM would make forwarding useless).
+TEST(IplockSignals, CommandStartsWithDefaultSignalState) {
+  temp_dir dir;
+  const std::string lock = dir.path("lock");
+  const finished_run run = run_iplock(dir, concat({lock}, helper_command("iplock_signal_state")));
+  EXPECT_EQ(run.exit_code, 0) << run.err;
+  EXPECT_EQ(run.out, std::vector<std::string>{"blocked: ignored: caught:"});
+}
+
+// Catches: iplock resetting a signal ignored on entry (`nohup iplock ...`)
+// to its default for the command, so a hang-up would kill it.
+TEST(IplockSignals, SignalIgnoredOnEntryStaysIgnoredForTheCommand) {
+  temp_dir dir;
+  const std::string lock = dir.path("lock");
+  const std::string err_file = dir.path("stderr");
+  child_process iplock = start_iplock(concat({lock}, helper_command("iplock_signal_state")),
+                                      err_file, SIGHUP);
+  EXPECT_TRUE(iplock.expect_line("blocked: ignored:" + std::to_string(SIGHUP) + ", caught:"));
+  EXPECT_EQ(describe_status(iplock.wait()), 0) << read_file(err_file);
+
+  const finished_run survives =
+      run_iplock(dir, {lock, "sh", "-c", "kill -HUP $$; echo alive"}, SIGHUP);
+  EXPECT_EQ(survives.exit_code, 0) << survives.err;
+  EXPECT_EQ(survives.out, std::vector<std::string>{"alive"});
+}
+
+}  // namespace

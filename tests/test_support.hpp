@@ -1,0 +1,117 @@
+// Shared test support: per-test temporary folders, helper processes (the
+// test binary re-executed with a helper argument), bounded waits.
+#ifndef IPL_TESTS_TEST_SUPPORT_HPP
+#define IPL_TESTS_TEST_SUPPORT_HPP
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <string>
+#include <vector>
+
+namespace ipltest {
+
+using namespace std::chrono_literals;
+
+// The bound on every wait in a test that "should" finish quickly: a bug
+// fails the test after this long instead of hanging CI.
+constexpr std::chrono::milliseconds kBound = 20s;
+
+// A fresh folder under $TMPDIR (or /tmp), removed with everything in it.
+class temp_dir {
+ public:
+  temp_dir();
+  ~temp_dir();
+  temp_dir(const temp_dir &) = delete;
+  temp_dir &operator=(const temp_dir &) = delete;
+
+  const std::string &root() const { return root_; }
+  std::string path(const std::string &name) const { return root_ + "/" + name; }
+
+ private:
+  std::string root_;
+};
+
+// ---- Helper processes ----------------------------------------------------
+// A helper is a function of the test binary, run in a child process that
+// re-executes the binary as `<binary> --ipl-helper NAME ARGS...`. It talks to
+// the test over its stdin/stdout, one line at a time.
+using helper_fn = int (*)(const std::vector<std::string> &args);
+
+struct helper_registrar {
+  helper_registrar(const char *name, helper_fn fn);
+};
+
+#define IPL_TEST_HELPER(name)                                          \
+  static int ipl_helper_##name(const std::vector<std::string> &args);  \
+  static ::ipltest::helper_registrar ipl_helper_registrar_##name(      \
+      #name, ipl_helper_##name);                                       \
+  static int ipl_helper_##name(const std::vector<std::string> &args)
+
+// Called first thing in main(): when argv asks for a helper, runs it and
+// returns true with its exit code in *exit_code.
+bool run_helper_if_requested(int argc, char **argv, int *exit_code);
+
+// In a helper: write one line to the test (flushed at once).
+void helper_say(const std::string &line);
+// In a helper: read one line from the test. Returns false on EOF (the test
+// went away) or after `bound`; the helper should then exit.
+bool helper_hear(std::string *line, std::chrono::milliseconds bound = kBound);
+
+// A child process with piped stdin/stdout (stderr is inherited).
+class child_process {
+ public:
+  // Re-executes this test binary running helper `name`.
+  static child_process helper(const std::string &name,
+                              const std::vector<std::string> &args = {});
+  // Runs any program (argv[0] is looked up in PATH).
+  static child_process program(const std::vector<std::string> &argv);
+
+  child_process(child_process &&other) noexcept;
+  child_process &operator=(child_process &&other) noexcept;
+  child_process(const child_process &) = delete;
+  child_process &operator=(const child_process &) = delete;
+  // Kills (SIGKILL) and reaps the child if it is still running.
+  ~child_process();
+
+  pid_t pid() const { return pid_; }
+
+  // Reads one line (without the newline). False on EOF or after `bound`.
+  bool read_line(std::string *line, std::chrono::milliseconds bound = kBound);
+  // Reads lines until one equals `expected`; false on EOF, timeout, or when
+  // another line arrives first (it is stored in *got when got is not NULL).
+  bool expect_line(const std::string &expected,
+                   std::chrono::milliseconds bound = kBound,
+                   std::string *got = nullptr);
+  // True when nothing (not even EOF) arrives within `window`.
+  bool silent_for(std::chrono::milliseconds window);
+  void write_line(const std::string &line);
+  void close_stdin();
+
+  void send_signal(int sig);
+  // Waits for exit; returns the raw waitpid() status, or -1 after `bound`
+  // (the child is then killed).
+  int wait(std::chrono::milliseconds bound = kBound);
+
+ private:
+  child_process() = default;
+  void reap_if_running();
+
+  pid_t pid_ = -1;
+  int to_child_ = -1;
+  int from_child_ = -1;
+  std::string buffered_;
+};
+
+// Exit code of a normally exited child, or -1000 - signal, for messages.
+int describe_status(int raw_status);
+
+// Number of open file descriptors of this process (from /proc/self/fd).
+int open_fd_count();
+
+// The path of the running test binary.
+std::string self_exe();
+
+}  // namespace ipltest
+
+#endif  // IPL_TESTS_TEST_SUPPORT_HPP
