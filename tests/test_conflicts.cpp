@@ -19,7 +19,6 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -995,73 +994,83 @@ TEST(ConflictSharedHandle, ConcurrentCallsOnOneHandleAreSerialised) {
   ASSERT_TRUE(shared_handle && rival_handle);
 
   // Counted from just after an acquire's IPL_OK to just before its release,
-  // so for a correct library these windows never overlap wrongly.
-  std::atomic<int> shared_handle_holders{0};
-  std::atomic<int> rival_handle_holders{0};
-  std::atomic<int> writers_inside{0};
-  std::atomic<int> readers_inside{0};
-  std::atomic<int> violations{0};
-  std::atomic<int> unexpected_statuses{0};
-  std::atomic<int> last_unexpected_status{0};
-  std::atomic<long> shared_handle_exclusive_ok{0};
-  std::atomic<long> shared_handle_shared_ok{0};
-  std::atomic<long> would_deadlock{0};
+  // so for a correct library these windows never overlap wrongly. Shared
+  // with the threads by shared_ptr: a hung thread is detached, not joined.
+  struct tallies {
+    std::atomic<int> shared_handle_holders{0};
+    std::atomic<int> rival_handle_holders{0};
+    std::atomic<int> writers_inside{0};
+    std::atomic<int> readers_inside{0};
+    std::atomic<int> violations{0};
+    std::atomic<int> unexpected_statuses{0};
+    std::atomic<int> last_unexpected_status{0};
+    std::atomic<long> shared_handle_exclusive_ok{0};
+    std::atomic<long> shared_handle_shared_ok{0};
+    std::atomic<long> would_deadlock{0};
+  };
+  auto counts = std::make_shared<tallies>();
   const auto stop_at = steady::now() + kRunFor;
 
-  auto hammer = [&](ipl_lock *lock, std::atomic<int> &handle_holders, bool is_shared_handle,
-                    unsigned seed) {
+  auto hammer = [counts, stop_at](handle lock, bool is_shared_handle, unsigned seed) {
+    tallies &t = *counts;
+    std::atomic<int> &handle_holders =
+        is_shared_handle ? t.shared_handle_holders : t.rival_handle_holders;
     std::minstd_rand random(seed);
     while (steady::now() < stop_at) {
       const lock_mode mode = kAllModes[random() % 3];
       const int64_t timeout_ms = int64_t(random() % 3);  // 0, 1 or 2 ms
-      const int acquired = acquire_in_mode(lock, mode, timeout_ms);
+      const int acquired = acquire_in_mode(lock.get(), mode, timeout_ms);
       if (acquired == IPL_E_WOULD_DEADLOCK) {
-        would_deadlock.fetch_add(1);
+        t.would_deadlock.fetch_add(1);
         continue;
       }
       if (acquired == IPL_E_TIMEOUT) continue;
       if (acquired != IPL_OK) {
-        unexpected_statuses.fetch_add(1);
-        last_unexpected_status.store(acquired);
+        t.unexpected_statuses.fetch_add(1);
+        t.last_unexpected_status.store(acquired);
         continue;
       }
-      if (handle_holders.fetch_add(1) != 0) violations.fetch_add(1);
+      if (handle_holders.fetch_add(1) != 0) t.violations.fetch_add(1);
       if (mode == lock_mode::shared) {
-        readers_inside.fetch_add(1);
-        if (writers_inside.load() != 0) violations.fetch_add(1);
-        if (is_shared_handle) shared_handle_shared_ok.fetch_add(1);
-        readers_inside.fetch_sub(1);
+        t.readers_inside.fetch_add(1);
+        if (t.writers_inside.load() != 0) t.violations.fetch_add(1);
+        if (is_shared_handle) t.shared_handle_shared_ok.fetch_add(1);
+        t.readers_inside.fetch_sub(1);
       } else {
-        if (writers_inside.fetch_add(1) != 0 || readers_inside.load() != 0)
-          violations.fetch_add(1);
-        if (is_shared_handle) shared_handle_exclusive_ok.fetch_add(1);
-        writers_inside.fetch_sub(1);
+        if (t.writers_inside.fetch_add(1) != 0 || t.readers_inside.load() != 0)
+          t.violations.fetch_add(1);
+        if (is_shared_handle) t.shared_handle_exclusive_ok.fetch_add(1);
+        t.writers_inside.fetch_sub(1);
       }
       handle_holders.fetch_sub(1);
-      const int released = release_in_mode(lock, mode);
+      const int released = release_in_mode(lock.get(), mode);
       if (released != IPL_OK) {
-        unexpected_statuses.fetch_add(1);
-        last_unexpected_status.store(released);
+        t.unexpected_statuses.fetch_add(1);
+        t.last_unexpected_status.store(released);
       }
     }
+    return 0;
   };
 
-  std::vector<std::thread> threads;
+  std::vector<std::unique_ptr<bounded_thread>> threads;
   for (int i = 0; i < kSharedHandleThreads; ++i)
-    threads.emplace_back(hammer, shared_handle.get(), std::ref(shared_handle_holders), true,
-                         unsigned(i + 1));
+    threads.push_back(std::make_unique<bounded_thread>(
+        [hammer, shared_handle, i] { return hammer(shared_handle, true, unsigned(i + 1)); }));
   for (int i = 0; i < kRivalHandleThreads; ++i)
-    threads.emplace_back(hammer, rival_handle.get(), std::ref(rival_handle_holders), false,
-                         unsigned(100 + i));
-  // Each call is bounded (timeouts of at most 2 ms), so these joins end.
-  for (std::thread &thread : threads) thread.join();
+    threads.push_back(std::make_unique<bounded_thread>(
+        [hammer, rival_handle, i] { return hammer(rival_handle, false, unsigned(100 + i)); }));
+  // Every call has a timeout of at most 2 ms, so each thread ends soon
+  // after kRunFor; one that does not is stuck in the library.
+  for (auto &thread : threads)
+    ASSERT_TRUE(thread->result_within(kRunFor + kBound).has_value()) << "a call hung";
 
-  EXPECT_EQ(violations.load(), 0) << "two holders at once (of one handle, or conflicting)";
-  EXPECT_EQ(unexpected_statuses.load(), 0)
-      << "undocumented status, e.g. " << last_unexpected_status.load();
-  EXPECT_GT(shared_handle_exclusive_ok.load(), 0) << "the shared handle never got exclusive";
-  EXPECT_GT(shared_handle_shared_ok.load(), 0) << "the shared handle never got shared";
-  EXPECT_GT(would_deadlock.load(), 0) << "the threads never overlapped";
+  const tallies &t = *counts;
+  EXPECT_EQ(t.violations.load(), 0) << "two holders at once (of one handle, or conflicting)";
+  EXPECT_EQ(t.unexpected_statuses.load(), 0)
+      << "undocumented status, e.g. " << t.last_unexpected_status.load();
+  EXPECT_GT(t.shared_handle_exclusive_ok.load(), 0) << "the shared handle never got exclusive";
+  EXPECT_GT(t.shared_handle_shared_ok.load(), 0) << "the shared handle never got shared";
+  EXPECT_GT(t.would_deadlock.load(), 0) << "the threads never overlapped";
 
   // Afterwards both handles hold nothing, are usable, and the lock is free.
   for (ipl_lock *lock : {shared_handle.get(), rival_handle.get()}) {

@@ -7,6 +7,7 @@
 
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 
 #include <algorithm>
@@ -14,7 +15,6 @@
 #include <cerrno>
 #include <chrono>
 #include <condition_variable>
-#include <cstring>
 #include <limits>
 #include <map>
 #include <memory>
@@ -23,7 +23,6 @@
 #include <shared_mutex>
 #include <stdexcept>
 #include <string>
-#include <sys/stat.h>
 #include <thread>
 #include <type_traits>
 #include <vector>
@@ -87,12 +86,6 @@ testing::AssertionResult throws_status(int expected, Action action) {
   }
   return testing::AssertionFailure()
          << "did not throw, expected status " << expected;
-}
-
-template <class Duration>
-long long as_ms(Duration d) {
-  return static_cast<long long>(
-      std::chrono::duration_cast<std::chrono::milliseconds>(d).count());
 }
 
 // A clock unlike the standard ones (another epoch, possibly negative

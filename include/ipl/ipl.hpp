@@ -260,7 +260,9 @@ class process_lock {
         ipl_acquire(handle(), wrapper_detail::timeout_ms_until(deadline)), handle());
   }
   // Releases the lock. Throws ipl::error(IPL_E_NOT_HELD) when this object
-  // does not hold it; never throws when it does.
+  // does not hold it; never throws when it does (so a std::unique_lock
+  // destructor calling it is safe unless the lock was released behind the
+  // guard's back).
   void unlock() { wrapper_detail::check(ipl_release(handle()), handle()); }
 
   // Closes the handle (releasing the lock if held); the object becomes
