@@ -703,10 +703,18 @@ TEST(ConflictHandoffWriter, PendingWriterDoesNotShutOutReadersOfItsProcess) {
   ASSERT_TRUE(second_outside_reader.started());
   EXPECT_EQ(second_outside_reader.acquire(lock_mode::shared, 0), IPL_OK);
   EXPECT_EQ(second_outside_reader.release(lock_mode::shared), IPL_OK);
-  // A reader handle in the writer's own process must get in as well.
+  // A reader handle in the writer's own process must get in as well (OFD).
+  // The classic backend cannot allow it: the pending F_SETLKW belongs to the
+  // same process, so once granted it would silently convert that reader's
+  // kernel read lock into the write lock. There the reader waits for the
+  // writer instead (README, Limitations) — pinned here so it stays deliberate.
   const int reader_got = ipl_acquire_read(reader.get(), 0);
-  EXPECT_EQ(reader_got, IPL_OK)
-      << "a shared try failed only because another handle of this process waits";
+  if (std::string(IPL_POSIX_LOCK_KIND) == "classic") {
+    EXPECT_EQ(reader_got, IPL_E_TIMEOUT) << "classic: a reader got in beside a pending writer";
+  } else {
+    EXPECT_EQ(reader_got, IPL_OK)
+        << "a shared try failed only because another handle of this process waits";
+  }
   // Releasing everything lets the writer in.
   if (reader_got == IPL_OK) {
     EXPECT_EQ(ipl_release_read(reader.get()), IPL_OK);
@@ -1202,7 +1210,7 @@ IPL_TEST_HELPER(stress_worker) {
           // A try-loop with a short back-off; spinning would starve the
           // holder of CPU on a 2-core machine.
           acquired = ipl_acquire(lock, 0);
-          if (acquired == IPL_E_TIMEOUT) std::this_thread::sleep_for(200us);
+          if (acquired == IPL_E_TIMEOUT) std::this_thread::sleep_for(1ms);
         }
       }
       if (acquired != IPL_OK) {
@@ -1278,7 +1286,7 @@ IPL_TEST_HELPER(stress_worker) {
 TEST(StressMutualExclusion, ProcessesAndThreadsKeepTheCounterConsistent) {
   constexpr int kProcesses = 4;
   constexpr int kWritersPerProcess = 4;
-  constexpr int kRoundsPerWriter = 2000;
+  constexpr int kRoundsPerWriter = 250;
   constexpr int kReadersPerProcess = 1;
   temp_dir dir;
   const std::string lock_path = dir.path("lock");
