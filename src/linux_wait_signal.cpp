@@ -17,7 +17,7 @@
 //   - We take a signal only while its disposition is the default (scanning
 //     from SIGRTMAX down), install an empty handler without SA_RESTART, and
 //     before every wait check that the handler is still ours. If the
-//     application (or a runtime such as Go's, which handles every signal)
+//     application (or a runtime such as Go's, which handles nearly all)
 //     owns it, or the signal is blocked in the calling thread, or no
 //     watchdog thread can be started, the wait falls back to polling. We
 //     never replace a handler we did not install.

@@ -7,8 +7,11 @@ namespace ipl::detail {
 deadline_interrupt::deadline_interrupt(wait_deadline::clock::time_point) {}
 deadline_interrupt::~deadline_interrupt() = default;
 
+// 0 and AUTO are valid everywhere (AUTO finds no signal: waits poll); a
+// negative number is never a signal; a positive one cannot be used here.
 int set_wait_signal(int signo) {
   if (signo == 0 || signo == IPL_WAIT_SIGNAL_AUTO) return IPL_OK;
+  if (signo < 0) return IPL_E_INVALID;
   return IPL_E_UNSUPPORTED;
 }
 

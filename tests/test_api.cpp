@@ -5,17 +5,22 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <grp.h>
 #include <limits.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#ifndef _WIN32
+#include <grp.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <sys/un.h>
-#include <unistd.h>
+#else
+#include <direct.h>
+#endif
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
@@ -112,6 +117,7 @@ struct handle_guard {
   handle_guard &operator=(const handle_guard &) = delete;
 };
 
+#ifndef _WIN32
 // Sets the umask for a scope and restores the previous one.
 struct umask_guard {
   mode_t previous;
@@ -120,6 +126,7 @@ struct umask_guard {
   umask_guard(const umask_guard &) = delete;
   umask_guard &operator=(const umask_guard &) = delete;
 };
+#endif
 
 void write_file(const std::string &path, const std::string &content) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
@@ -131,6 +138,7 @@ std::string read_file(const std::string &path) {
   return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
 }
 
+#ifndef _WIN32
 bool exists(const std::string &path) {
   struct stat st {};
   return lstat(path.c_str(), &st) == 0;
@@ -141,6 +149,27 @@ mode_t permission_bits(const std::string &path) {
   EXPECT_EQ(stat(path.c_str(), &st), 0) << path << ": " << strerror(errno);
   return st.st_mode & 07777;
 }
+
+// The error ipl_open_ex reports for a missing file with IPL_OPEN_NO_CREATE.
+constexpr int kFileNotFoundError = ENOENT;
+const char kDevicePath[] = "/dev/null";
+#else
+bool exists(const std::string &path) {
+  std::error_code ignored;
+  return std::filesystem::symlink_status(std::filesystem::u8path(path), ignored).type() !=
+         std::filesystem::file_type::not_found;
+}
+
+#ifndef NAME_MAX
+#define NAME_MAX 255  // per name on NTFS too (UTF-16 units)
+#endif
+
+// MinGW's mkdir takes no mode.
+int mkdir(const char *path, int) { return _mkdir(path); }
+
+constexpr int kFileNotFoundError = 2;  // ERROR_FILE_NOT_FOUND
+const char kDevicePath[] = "NUL";
+#endif
 
 // The result line of the api_open_report helper: "<status> <os_error> <out_null>".
 struct open_report {
@@ -162,12 +191,14 @@ bool parse_open_report(const std::string &line, open_report *report) {
 // Says "<status> <os_error> <out_null>" for ipl_open_ex, or "cannot-drop".
 IPL_TEST_HELPER(api_open_report) {
   if (args.size() < 2) return 2;
+#ifndef _WIN32
   if (args.size() > 2 && args[2] == "drop") {
     if (setgroups(0, nullptr) != 0 || setgid(65534) != 0 || setuid(65534) != 0) {
       ipltest::helper_say("cannot-drop " + std::string(strerror(errno)));
       return 3;
     }
   }
+#endif
   ipl_lock *out = out_sentinel();
   int os_error = -12345;
   const int status = ipl_open_ex(args[0].c_str(), uint32_t(std::stoul(args[1])), &out,
@@ -310,6 +341,7 @@ TEST(ApiBadInput, NullHandleIsInvalidEverywhere) {
 // Catches: a signal number that cannot be used (negative other than AUTO,
 // beyond NSIG, or one that can never be handled) accepted, or a rejected
 // call that still changed the signal in use.
+#ifndef _WIN32
 TEST(ApiBadInput, UnusableWaitSignalIsInvalidAndChangesNothing) {
   const int signal_before = ipl_wait_signal();
   for (const int signo : {-2, -5, INT_MIN, INT_MAX, 100000, SIGKILL, SIGSTOP}) {
@@ -318,6 +350,25 @@ TEST(ApiBadInput, UnusableWaitSignalIsInvalidAndChangesNothing) {
     EXPECT_EQ(ipl_wait_signal(), signal_before);
   }
 }
+#else
+// Windows has no wait signal (timed waits poll, see the backend).
+// Catches: a negative number other than AUTO accepted or reported as
+// IPL_E_UNSUPPORTED, a signal number accepted where there is no mechanism,
+// or 0 / AUTO (valid everywhere) rejected.
+TEST(ApiBadInput, WaitSignalOnWindowsIsUnsupportedButOffAndAutoAreFine) {
+  for (const int signo : {-2, -5, INT_MIN}) {
+    SCOPED_TRACE("signal " + std::to_string(signo));
+    EXPECT_EQ(ipl_set_wait_signal(signo), IPL_E_INVALID);
+  }
+  for (const int signo : {1, 9, 15, 64, INT_MAX}) {
+    SCOPED_TRACE("signal " + std::to_string(signo));
+    EXPECT_EQ(ipl_set_wait_signal(signo), IPL_E_UNSUPPORTED);
+  }
+  EXPECT_EQ(ipl_set_wait_signal(0), IPL_OK);
+  EXPECT_EQ(ipl_set_wait_signal(IPL_WAIT_SIGNAL_AUTO), IPL_OK);
+  EXPECT_EQ(ipl_wait_signal(), 0);
+}
+#endif
 
 // Catches: a negative timeout treated as "forever" or as 0 (lock taken) on an
 // idle handle, or a rejected call that still changed the handle's state.
@@ -453,6 +504,7 @@ TEST(ApiNotRegularFile, DirectoryIsRejected) {
   }
 }
 
+#ifndef _WIN32
 // Catches: open() of a FIFO without O_NONBLOCK (blocks until a peer shows
 // up: the helper never answers), or accepting a FIFO as a lock file.
 TEST(ApiNotRegularFile, FifoIsRejectedWithoutBlocking) {
@@ -478,7 +530,7 @@ TEST(ApiNotRegularFile, FifoIsRejectedWithoutBlocking) {
 TEST(ApiNotRegularFile, DeviceIsRejected) {
   for (const uint32_t flags : {0u, IPL_OPEN_NO_CREATE}) {
     SCOPED_TRACE("flags " + std::to_string(flags));
-    EXPECT_TRUE(open_fails_with("/dev/null", flags, IPL_E_NOT_REGULAR_FILE));
+    EXPECT_TRUE(open_fails_with(kDevicePath, flags, IPL_E_NOT_REGULAR_FILE));
   }
 }
 
@@ -498,6 +550,46 @@ TEST(ApiNotRegularFile, SocketIsRejected) {
   EXPECT_TRUE(open_fails_with(socket_path, IPL_OPEN_NO_CREATE, IPL_E_NOT_REGULAR_FILE));
   close(fd);
 }
+
+#else
+// Catches: a DOS device name (in any folder, any case, with an extension),
+// the \\.\ device namespace or a named pipe opened as a lock file — or
+// opened at all: opening COM1 can block or toggle a modem line, so each
+// name is tried in a helper process with a bounded wait.
+TEST(ApiNotRegularFile, DeviceNamesAreRejectedWithoutOpening) {
+  temp_dir dir;
+  const std::string names[] = {
+      "NUL",           "nul",           "CON",
+      "COM1",          "lpt1",          "AUX",
+      "PRN",           "CONOUT$",       "NUL.txt",
+      "com1.lock",     dir.path("NUL"), dir.path("sub/CON"),
+      "\\\\.\\NUL",      "//./NUL",       "\\\\.\\pipe\\ipl-test-pipe",
+  };
+  for (const std::string &name : names) {
+    for (const uint32_t flags : {0u, IPL_OPEN_NO_CREATE}) {
+      SCOPED_TRACE(name + " flags " + std::to_string(flags));
+      child_process helper =
+          child_process::helper("api_open_report", {name, std::to_string(flags)});
+      std::string line;
+      ASSERT_TRUE(helper.read_line(&line, kBound))
+          << "ipl_open of a device did not return within the bound (it blocks)";
+      open_report report;
+      ASSERT_TRUE(parse_open_report(line, &report)) << line;
+      EXPECT_EQ(report.status, IPL_E_NOT_REGULAR_FILE) << ipl_strerror(report.status);
+      EXPECT_EQ(report.os_error, 0) << "a device was opened";
+      EXPECT_EQ(report.out_null, 1);
+      EXPECT_EQ(ipltest::describe_status(helper.wait()), 0);
+    }
+  }
+  EXPECT_FALSE(exists(dir.path("sub"))) << "folders created for a device name";
+  // Control: names that only look like devices are ordinary files.
+  for (const char *ordinary : {"NULL", "CONSOLE", "COM", "LPT10", "nul-ish.lock"}) {
+    SCOPED_TRACE(ordinary);
+    handle_guard lock(open_ok(dir.path(ordinary)));
+    EXPECT_NE(lock.lock, nullptr);
+  }
+}
+#endif
 
 // ---- 3. Parents and creation flags ------------------------------------------
 
@@ -538,11 +630,11 @@ TEST(ApiBadParent, NoCreateOnMissingFileIsOsErrorEnoent) {
   const std::string path = dir.path("absent.lock");
   int os_error = 0;
   ASSERT_TRUE(open_fails_with(path, IPL_OPEN_NO_CREATE, IPL_E_OS, &os_error));
-  EXPECT_EQ(os_error, ENOENT) << strerror(os_error);
+  EXPECT_EQ(os_error, kFileNotFoundError) << strerror(os_error);
   EXPECT_FALSE(exists(path));
   ASSERT_TRUE(open_fails_with(path, IPL_OPEN_NO_CREATE | IPL_OPEN_NO_CREATE_DIRS,
                               IPL_E_OS, &os_error));
-  EXPECT_EQ(os_error, ENOENT);
+  EXPECT_EQ(os_error, kFileNotFoundError);
   EXPECT_FALSE(exists(path));
 
   // An existing file opens fine with the flag, and ipl_open_ex accepts a NULL os_error.
@@ -568,6 +660,7 @@ TEST(ApiNameTooLong, ComponentLongerThanNameMax) {
   EXPECT_NE(lock.lock, nullptr);
 }
 
+#ifndef _WIN32
 // Catches: a whole path over PATH_MAX reported as IPL_E_OS or opened by
 // walking it piecewise.
 TEST(ApiNameTooLong, PathLongerThanPathMax) {
@@ -579,9 +672,41 @@ TEST(ApiNameTooLong, PathLongerThanPathMax) {
   EXPECT_TRUE(open_fails_with(path, 0, IPL_E_NAME_TOO_LONG));
   EXPECT_TRUE(open_fails_with(path, IPL_OPEN_NO_CREATE, IPL_E_NAME_TOO_LONG));
 }
+#else
+// Catches: paths over MAX_PATH (260) refused or truncated — Windows opens
+// them only with the \\?\ prefix, which also needs '\' separators and an
+// absolute path — or folders of such a path not created.
+TEST(ApiNameTooLong, PathLongerThanMaxPathWorks) {
+  temp_dir dir;
+  std::string path = dir.path("long");
+  const std::string component(100, 'p');
+  while (path.size() <= 600) path += "/" + component;
+  path += "/lock";
+  handle_guard first(open_ok(path));
+  ASSERT_NE(first.lock, nullptr);
+  handle_guard second(open_ok(path, IPL_OPEN_NO_CREATE));
+  ASSERT_NE(second.lock, nullptr);
+  ASSERT_EQ(ipl_acquire(first.lock, 0), IPL_OK);
+  EXPECT_EQ(ipl_acquire_read(second.lock, 0), IPL_E_TIMEOUT);
+  EXPECT_EQ(ipl_release(first.lock), IPL_OK);
+  EXPECT_EQ(ipl_acquire_read(second.lock, 0), IPL_OK);
+}
+
+// Catches: a path over Windows' 32767-character limit reported as IPL_E_OS.
+TEST(ApiNameTooLong, PathLongerThanTheWindowsLimit) {
+  temp_dir dir;
+  std::string path = dir.root();
+  const std::string component(200, 'p');
+  while (path.size() <= 33000) path += "/" + component;
+  path += "/lock";
+  EXPECT_TRUE(open_fails_with(path, 0, IPL_E_NAME_TOO_LONG));
+  EXPECT_TRUE(open_fails_with(path, IPL_OPEN_NO_CREATE, IPL_E_NAME_TOO_LONG));
+}
+#endif
 
 // ---- 5. Access denied ----------------------------------------------------------
 
+#ifndef _WIN32
 namespace {
 
 // Runs ipl_open_ex as an unprivileged user: as root in a helper process that
@@ -672,6 +797,8 @@ TEST(ApiAccess, DeniedFolderOrFileIsAccess) {
   chmod(dir.path("read_only").c_str(), 0700);
 }
 
+#endif
+
 // ---- 6. fasteners' defaults ------------------------------------------------------
 
 // Catches: missing parent folders not created (fasteners' ensure_tree), or
@@ -720,6 +847,7 @@ TEST(ApiDefaults, ConcurrentOpensCreatingTheSameFoldersAllSucceed) {
   EXPECT_EQ(failures.load(), 0);
 }
 
+#ifndef _WIN32
 // Catches: a hard-coded mode (0644 or 0600) or a mode that ignores the umask.
 TEST(ApiDefaults, FileModeIs0666MinusUmask) {
   temp_dir dir;
@@ -735,9 +863,11 @@ TEST(ApiDefaults, FileModeIs0666MinusUmask) {
         << "umask " << std::oct << mask_and_mode.first;
   }
 }
+#endif
 
 namespace {
 
+#ifndef _WIN32
 struct file_snapshot {
   std::string content;
   off_t size = -1;
@@ -759,6 +889,37 @@ void set_old_mtime(const std::string &path) {
   const timespec times[2] = {{1000000000, 123456789}, {1000000000, 123456789}};
   ASSERT_EQ(utimensat(AT_FDCWD, path.c_str(), times, 0), 0) << strerror(errno);
 }
+#else
+// The same through std::filesystem (no utimensat on Windows); the mtime is
+// split like a timespec so the tests read the same.
+struct file_snapshot {
+  std::string content;
+  int64_t size = -1;
+  struct {
+    int64_t tv_sec = 0;
+    int64_t tv_nsec = 0;
+  } mtime;
+};
+
+file_snapshot snapshot(const std::string &path) {
+  file_snapshot shot;
+  const auto file = std::filesystem::u8path(path);
+  shot.content = read_file(path);
+  shot.size = int64_t(std::filesystem::file_size(file));
+  const auto since_epoch = std::chrono::duration_cast<std::chrono::nanoseconds>(
+      std::filesystem::last_write_time(file).time_since_epoch());
+  shot.mtime.tv_sec = since_epoch.count() / 1000000000;
+  shot.mtime.tv_nsec = since_epoch.count() % 1000000000;
+  return shot;
+}
+
+// A fixed old mtime: any write or truncation would move it to "now".
+void set_old_mtime(const std::string &path) {
+  const auto file = std::filesystem::u8path(path);
+  std::filesystem::last_write_time(
+      file, std::filesystem::last_write_time(file) - std::chrono::hours(24 * 365));
+}
+#endif
 
 // Opens several handles, takes and releases every mode, closes while holding.
 void exercise_lock_file(const std::string &path) {
@@ -862,7 +1023,7 @@ TEST(ApiFdLeak, FailingOpensLeakNothing) {
       {dir.path("missing.lock"), IPL_OPEN_NO_CREATE},
       {dir.path("missing/lock"), IPL_OPEN_NO_CREATE_DIRS},
       {dir.path(long_name), 0},
-      {"/dev/null", 0},
+      {kDevicePath, 0},
   };
   const int fds_before = open_fd_count();
   int unexpected_successes = 0;
@@ -882,6 +1043,7 @@ TEST(ApiFdLeak, FailingOpensLeakNothing) {
 // handles share the inode, or shared locks of many handles not coexisting.
 TEST(ApiFdLeak, TwoThousandHandlesAtOnce) {
   constexpr int kHandles = 2000;
+#ifndef _WIN32
   rlimit original{};
   ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &original), 0);
   const rlim_t needed = rlim_t(open_fd_count()) + kHandles + 64;
@@ -892,6 +1054,7 @@ TEST(ApiFdLeak, TwoThousandHandlesAtOnce) {
     raised.rlim_cur = original.rlim_max;
     ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &raised), 0) << strerror(errno);
   }
+#endif
 
   temp_dir dir;
   const std::string path = dir.path("many.lock");
@@ -923,7 +1086,9 @@ TEST(ApiFdLeak, TwoThousandHandlesAtOnce) {
     EXPECT_EQ(ipl_acquire(writer.lock, 0), IPL_OK);  // all released by close
   }
   EXPECT_EQ(open_fd_count(), fds_before);
+#ifndef _WIN32
   if (raised.rlim_cur != original.rlim_cur) setrlimit(RLIMIT_NOFILE, &original);
+#endif
 }
 
 // ---- 8. Texts and versions ---------------------------------------------------------
@@ -1002,6 +1167,7 @@ TEST(ApiPinnedValues, StatusValuesAreFixed) {
 }
 
 // ---- 10. Symlinks -------------------------------------------------------------------
+#ifndef _WIN32
 
 // Catches: a symlink replaced by a new file (O_NOFOLLOW, unlink+create) so
 // the two names lock different files.
@@ -1043,6 +1209,39 @@ TEST(ApiSymlink, LockThroughSymlinkedFolderLocksTheSameFile) {
   EXPECT_EQ(ipl_release(direct.lock), IPL_OK);
 }
 
+#endif  // !_WIN32 (symlinks need a privilege on Windows)
+
+#ifdef _WIN32
+// ---- 10b. UTF-8 paths (Windows) ----------------------------------------------------
+
+// Catches: the UTF-8 path handed to an ANSI call (CreateFileA, the C
+// runtime's narrow open): the file would get a mangled name, so the name
+// below would not exist and a second handle would lock another file.
+TEST(ApiUtf8Path, NonAsciiNamesAreUtf8) {
+  temp_dir dir;
+  const std::string folder = dir.path("d\xc3\xa9j\xc3\xa0-vu");           // "déjà-vu"
+  const std::string path = folder + "/\xe6\x97\xa5\xe6\x9c\xac-\xf0\x9f\x94\x92.lock";  // CJK + U+1F512
+  handle_guard first(open_ok(path));
+  ASSERT_NE(first.lock, nullptr);
+  EXPECT_TRUE(exists(folder)) << "the folder was not created under its UTF-8 name";
+  EXPECT_TRUE(exists(path)) << "the file was not created under its UTF-8 name";
+  handle_guard second(open_ok(path, IPL_OPEN_NO_CREATE));
+  ASSERT_NE(second.lock, nullptr);
+  ASSERT_EQ(ipl_acquire(first.lock, 0), IPL_OK);
+  EXPECT_EQ(ipl_acquire_read(second.lock, 0), IPL_E_TIMEOUT);
+}
+
+// Catches: invalid UTF-8 passed on (replaced by U+FFFD, or read as ANSI) so
+// that some other file is locked, instead of a clear failure.
+TEST(ApiUtf8Path, InvalidUtf8IsAnOsError) {
+  temp_dir dir;
+  int os_error = 0;
+  EXPECT_TRUE(open_fails_with(dir.path("bad-\xff\xfe.lock"), 0, IPL_E_OS, &os_error));
+  EXPECT_EQ(os_error, 1113);  // ERROR_NO_UNICODE_TRANSLATION
+  EXPECT_TRUE(open_fails_with(dir.path("cut-\xc3"), 0, IPL_E_OS));
+}
+#endif
+
 // ---- 11. Relative paths --------------------------------------------------------------
 
 // Catches: relative paths rejected, resolved against the wrong folder, or
@@ -1069,6 +1268,7 @@ TEST(ApiRelativePath, RelativePathLocksTheSameFile) {
   }
 }
 
+#ifndef _WIN32
 // Catches: relative paths with ".." components mishandled (in this process,
 // against its own working folder).
 TEST(ApiRelativePath, RelativePathFromCurrentFolder) {
@@ -1085,3 +1285,4 @@ TEST(ApiRelativePath, RelativePathFromCurrentFolder) {
   ASSERT_EQ(ipl_acquire(via_relative.lock, 0), IPL_OK);
   EXPECT_EQ(ipl_acquire(via_absolute.lock, 0), IPL_E_TIMEOUT);
 }
+#endif

@@ -1102,11 +1102,16 @@ TEST(ConflictSharedHandle, CallsDuringABlockedAcquireFailAtOnce) {
   ASSERT_EQ(ipl_acquire(other.get(), 0), IPL_OK);
 
   // Our own tries below may briefly make this acquire see
-  // IPL_E_WOULD_DEADLOCK ("another thread is acquiring"); it then retries.
+  // IPL_E_WOULD_DEADLOCK ("another thread is acquiring"); it then retries,
+  // for a bounded time (not a count: under Wine one try can outlast 100000
+  // retries).
   bounded_thread blocked([lock] {
     int status = IPL_E_WOULD_DEADLOCK;
-    for (int attempt = 0; attempt < 100000 && status == IPL_E_WOULD_DEADLOCK; ++attempt)
+    const auto give_up_at = steady::now() + kBound;
+    while (status == IPL_E_WOULD_DEADLOCK && steady::now() < give_up_at) {
       status = ipl_acquire(lock.get(), IPL_WAIT_FOREVER);
+      if (status == IPL_E_WOULD_DEADLOCK) std::this_thread::yield();
+    }
     return status;
   });
 
@@ -1150,6 +1155,24 @@ TEST(ConflictSharedHandle, CallsDuringABlockedAcquireFailAtOnce) {
 // read-modify-write from losing updates.
 constexpr off_t kFirstCopy = 0;
 constexpr off_t kSecondCopy = 8;
+
+#ifdef _WIN32
+// MinGW's C runtime has no pread/pwrite: every thread has a descriptor of
+// its own, so a seek then a read or write does the same here. Its
+// descriptors need O_BINARY for raw bytes and O_NOINHERIT to stay out of
+// child processes, which is what O_CLOEXEC asks for.
+#define O_CLOEXEC (O_BINARY | O_NOINHERIT)
+
+ssize_t pread(int fd, void *buffer, size_t size, off_t offset) {
+  if (_lseeki64(fd, offset, SEEK_SET) < 0) return -1;
+  return _read(fd, buffer, unsigned(size));
+}
+
+ssize_t pwrite(int fd, const void *buffer, size_t size, off_t offset) {
+  if (_lseeki64(fd, offset, SEEK_SET) < 0) return -1;
+  return _write(fd, buffer, unsigned(size));
+}
+#endif
 
 bool read_copy(int fd, off_t offset, uint64_t *value) {
   return pread(fd, value, sizeof *value, offset) == ssize_t(sizeof *value);

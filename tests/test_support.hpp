@@ -5,9 +5,23 @@
 
 #include <sys/types.h>
 
+#ifdef _WIN32
+#include <signal.h>
+#endif
+
 #include <chrono>
 #include <string>
 #include <vector>
+
+#ifdef _WIN32
+// Windows has no SIGKILL; child_process::send_signal(SIGKILL) ends the child
+// with TerminateProcess, which is what "killed" means there, and
+// describe_status() gives -1000 - SIGKILL for it, so crash tests read the
+// same on both systems.
+#ifndef SIGKILL
+#define SIGKILL 9
+#endif
+#endif
 
 namespace ipltest {
 
@@ -17,7 +31,8 @@ using namespace std::chrono_literals;
 // fails the test after this long instead of hanging CI.
 constexpr std::chrono::milliseconds kBound = 20s;
 
-// A fresh folder under $TMPDIR (or /tmp), removed with everything in it.
+// A fresh folder under $TMPDIR (or /tmp; on Windows GetTempPathW), removed
+// with everything in it. Paths use '/' everywhere (Windows accepts it).
 class temp_dir {
  public:
   temp_dir();
@@ -88,9 +103,10 @@ class child_process {
   void write_line(const std::string &line);
   void close_stdin();
 
+  // On Windows every signal is a TerminateProcess (see SIGKILL above).
   void send_signal(int sig);
-  // Waits for exit; returns the raw waitpid() status, or -1 after `bound`
-  // (the child is then killed).
+  // Waits for exit; returns the raw waitpid() status (on Windows the exit
+  // code), or -1 after `bound` (the child is then killed).
   int wait(std::chrono::milliseconds bound = kBound);
 
  private:
@@ -98,16 +114,30 @@ class child_process {
   void reap_if_running();
 
   pid_t pid_ = -1;
+#ifdef _WIN32
+  void *process_ = nullptr;  // HANDLEs; <windows.h> stays out of the tests
+  void *to_child_ = nullptr;
+  void *from_child_ = nullptr;
+#else
   int to_child_ = -1;
   int from_child_ = -1;
+#endif
   std::string buffered_;
 };
 
 // Exit code of a normally exited child, or -1000 - signal, for messages.
 int describe_status(int raw_status);
 
-// Number of open file descriptors of this process (from /proc/self/fd).
+// Number of open file descriptors of this process (from /proc/self/fd; on
+// Windows the process's handle count).
 int open_fd_count();
+
+#ifdef _WIN32
+// The number of handles of this process that refer to the file at `path`
+// (same volume and file id), found by trying every handle value; -1 when
+// the file cannot be examined. Windows' answer to scanning /proc/self/fd.
+int count_handles_on_file(const std::string &path);
+#endif
 
 // The path of the running test binary.
 std::string self_exe();

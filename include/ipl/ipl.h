@@ -184,7 +184,7 @@ IPL_API int ipl_release_write(ipl_lock *lock);
  * replaces a handler it did not install, and before every wait it checks
  * that the handler is still its own. Timed waits fall back to polling (capped,
  * jittered back-off of 50 us to 10 ms; same results, slower hand-off, a little
- * CPU) when: no signal is free (Go's runtime, for one, handles every signal),
+ * CPU) when: no signal is free (the application or a runtime owns them all),
  * the application has since installed its own handler on the signal (libipl
  * then gives it up for good), the signal is blocked in the calling thread, or
  * the watchdog thread cannot be started. Only a thread inside a timed wait is

@@ -1,0 +1,3 @@
+module libipl.test/ipl
+
+go 1.19
