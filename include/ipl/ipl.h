@@ -16,7 +16,9 @@
  * That is the lock Python's fasteners takes, so fasteners processes and
  * libipl processes exclude each other on the same file. On Linux the lock is
  * an open-file-description (OFD) lock, owned by the handle, so closing any
- * other descriptor of the file never drops it.
+ * other descriptor of the file never drops it. On Windows the lock is
+ * LockFileEx on offset 0, length 1 (shared or exclusive), the byte fasteners
+ * locks there; Windows locks are mandatory, so keep the lock file empty.
  *
  * Conventions for every function below
  *   - An int result is IPL_OK (0) or one of the negative IPL_E_* statuses.
@@ -128,9 +130,11 @@ typedef struct ipl_lock ipl_lock;
 /* ---- Opening and closing --------------------------------------------------
  * ipl_open opens (by default creating) the lock file at `path` and stores a
  * new handle in *out. The handle holds no lock yet. The file is never written
- * to and never truncated. Its descriptor is close-on-exec: it never reaches
- * exec'd children. Opening a FIFO never blocks: it fails with
- * IPL_E_NOT_REGULAR_FILE.
+ * to and never truncated. Its descriptor is close-on-exec (on Windows: not
+ * inheritable): it never reaches child processes. Opening a FIFO never
+ * blocks: it fails with IPL_E_NOT_REGULAR_FILE, as do DOS device names
+ * (NUL, CON, COM1, ...) on Windows, which are never opened. On Windows a
+ * path that is not valid UTF-8 is IPL_E_OS (ERROR_NO_UNICODE_TRANSLATION).
  *
  * Returns IPL_OK; IPL_E_INVALID for a NULL path or out, an empty path or
  * unknown flag bits; IPL_E_ACCESS, IPL_E_NOT_REGULAR_FILE,
