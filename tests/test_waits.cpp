@@ -413,6 +413,19 @@ IPL_TEST_HELPER(wait_scan_fds) {
              std::to_string(with_own - inherited));
   return 0;
 }
+#else
+// args: PATH. Says "lock-file-fds N self-check M": N handles of this freshly
+// started process refer to PATH's file; M is the count after opening it once
+// itself (so 1 shows the scan can see such a handle).
+IPL_TEST_HELPER(wait_scan_fds) {
+  if (args.size() != 1) return 2;
+  const int inherited = count_handles_on_file(args[0]);
+  std::ifstream own(args[0].c_str());
+  const int with_own = count_handles_on_file(args[0]);
+  helper_say("lock-file-fds " + std::to_string(inherited) + " self-check " +
+             std::to_string(with_own - inherited));
+  return 0;
+}
 #endif
 
 // ---- 1. Try never sleeps ---------------------------------------------------------
@@ -1014,9 +1027,13 @@ TEST(WaitDescriptors, LockDiesWithHolderWhileItsExecdChildLivesOn) {
   const int status = ipl_acquire(lock.get(), 0);
   EXPECT_EQ(status, IPL_OK) << "the lock outlived its holder: " << status_text(status);
 }
+#endif  // !_WIN32
 
 // Catches: a lock descriptor (opened by ipl_open, or a second one opened to
-// lock) that reaches a child exec'd while the lock is held.
+// lock) that reaches a child started while the lock is held. On Windows: an
+// inheritable lock handle (child_process starts helpers with
+// CreateProcessW(bInheritHandles = TRUE)); Wine drops a dead process's locks
+// anyway, so only the handle scan shows such a leak there.
 TEST(WaitDescriptors, ExecdChildHasNoLockDescriptor) {
   for (lock_mode held : {lock_mode::exclusive, lock_mode::shared}) {
     SCOPED_TRACE(std::string("held ") + mode_name(held));
@@ -1030,40 +1047,3 @@ TEST(WaitDescriptors, ExecdChildHasNoLockDescriptor) {
     EXPECT_EQ(describe_status(scanner.wait()), 0);
   }
 }
-#endif  // !_WIN32
-
-#ifdef _WIN32
-// ---- 6b. Handle inheritance (Windows) ---------------------------------------------
-
-// args: PATH. Says "lock-file-fds N self-check M": N handles of this freshly
-// started process refer to PATH's file; M is the count after opening it once
-// itself (so 1 shows the scan can see such a handle).
-IPL_TEST_HELPER(wait_scan_fds) {
-  if (args.size() != 1) return 2;
-  const int inherited = count_handles_on_file(args[0]);
-  std::ifstream own(args[0].c_str());
-  const int with_own = count_handles_on_file(args[0]);
-  helper_say("lock-file-fds " + std::to_string(inherited) + " self-check " +
-             std::to_string(with_own - inherited));
-  return 0;
-}
-
-// Catches: an inheritable lock handle. child_process starts helpers with
-// CreateProcessW(bInheritHandles = TRUE), so such a handle would reach the
-// child, which would then share the locked file object: a killed holder's
-// lock would live on in it. (Wine drops a dead process's locks anyway, so
-// only the handle scan shows the leak there.)
-TEST(WaitDescriptors, ChildProcessHasNoLockHandle) {
-  for (lock_mode held : {lock_mode::exclusive, lock_mode::shared}) {
-    SCOPED_TRACE(std::string("held ") + mode_name(held));
-    temp_dir dir;
-    const std::string path = dir.path("lock");
-    lock_handle lock = open_lock(path);
-    ASSERT_TRUE(lock);
-    ASSERT_EQ(acquire_in(lock.get(), held, 0), IPL_OK);
-    child_process scanner = child_process::helper("wait_scan_fds", {path});
-    EXPECT_TRUE(says(scanner, "lock-file-fds 0 self-check 1"));
-    EXPECT_EQ(describe_status(scanner.wait()), 0);
-  }
-}
-#endif  // _WIN32

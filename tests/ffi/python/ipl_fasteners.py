@@ -331,34 +331,28 @@ class InterProcessReaderWriterLock:
 # each other too, as libipl handles do.
 
 
-def interprocess_locked(path):
-    """Decorator: takes the exclusive lock on `path` around each call."""
+def _locked_around_each_call(take_lock):
+    """A decorator that enters the context manager take_lock() returns
+    around each call of the function it decorates."""
     def decorator(f):
         @functools.wraps(f)
         def wrapper(*args, **kwargs):
-            with InterProcessLock(path):
+            with take_lock():
                 return f(*args, **kwargs)
         return wrapper
     return decorator
+
+
+def interprocess_locked(path):
+    """Decorator: takes the exclusive lock on `path` around each call."""
+    return _locked_around_each_call(lambda: InterProcessLock(path))
 
 
 def interprocess_read_locked(path):
     """Decorator: takes the read (shared) lock on `path` around each call."""
-    def decorator(f):
-        @functools.wraps(f)
-        def wrapper(*args, **kwargs):
-            with InterProcessReaderWriterLock(path).read_lock():
-                return f(*args, **kwargs)
-        return wrapper
-    return decorator
+    return _locked_around_each_call(lambda: InterProcessReaderWriterLock(path).read_lock())
 
 
 def interprocess_write_locked(path):
     """Decorator: takes the write (exclusive) lock on `path` around each call."""
-    def decorator(f):
-        @functools.wraps(f)
-        def wrapper(*args, **kwargs):
-            with InterProcessReaderWriterLock(path).write_lock():
-                return f(*args, **kwargs)
-        return wrapper
-    return decorator
+    return _locked_around_each_call(lambda: InterProcessReaderWriterLock(path).write_lock())
