@@ -76,7 +76,7 @@ def check_baseline_complete(baseline):
         problems.append('no exported symbol')
     if symbols - declared:
         problems.append('symbols without a function declaration (regenerate it '
-                        'with tools/update-abi-baseline, from an -O0 build): '
+                        'with scripts/update-abi-baseline, from an -O0 build): '
                         + ', '.join(sorted(symbols - declared)))
     if list(corpus.iter('elf-variable-symbols')):
         problems.append('exported variables (the ABI has functions only)')

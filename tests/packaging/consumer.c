@@ -1,4 +1,4 @@
-/* A C99 consumer of the installed libipl, built by tools/test-packaging from
+/* A C99 consumer of the installed libipl, built by scripts/test-packaging from
  * `pkg-config ipl` alone (shared) and `pkg-config --static ipl` (static).
  * It locks for real: a second handle on the same file must time out while
  * the first holds the lock, and get it once the first lets go.

@@ -1,5 +1,5 @@
 // A C++17 consumer of the installed libipl through ipl.hpp, built by
-// tools/test-packaging from `pkg-config ipl` alone (shared) and
+// scripts/test-packaging from `pkg-config ipl` alone (shared) and
 // `pkg-config --static ipl` (static). It locks for real: a second object on
 // the same file must be refused while the first holds the lock (exclusive
 // and shared), and succeed once the first lets go.
