@@ -38,27 +38,18 @@ int guarded(Body &&body) noexcept {
   }
 }
 
-int acquire(ipl_lock *lock, lock_mode mode, int64_t timeout_ms) noexcept {
-  if (!lock || !valid_timeout(timeout_ms)) return IPL_E_INVALID;
-  return guarded([&] { return lock->handle.acquire(mode, timeout_ms); });
-}
+constexpr uint32_t kMaxCreateMode = 0777;
 
-int release(ipl_lock *lock, lock_mode mode) noexcept {
-  if (!lock) return IPL_E_INVALID;
-  return guarded([&] { return lock->handle.release(mode); });
-}
-
-}  // namespace
-
-extern "C" {
-
-IPL_API int ipl_open_ex(const char *path, uint32_t flags, ipl_lock **out, int *os_error) {
+int open_handle(const char *path, uint32_t flags, int create_mode, ipl_lock **out,
+                int *os_error) noexcept {
+  ipl::detail::notice_fork();
   if (os_error) *os_error = 0;
   if (out) *out = nullptr;
   if (!path || !out || path[0] == '\0' || (flags & ~kKnownOpenFlags) != 0) return IPL_E_INVALID;
   return guarded([&] {
     std::unique_ptr<ipl::detail::lock_file> file;
-    const ipl::detail::os_result opened = ipl::detail::open_lock_file(path, flags, &file);
+    const ipl::detail::os_result opened =
+        ipl::detail::open_lock_file(ipl::detail::open_request{path, flags, create_mode}, &file);
     if (opened.status != IPL_OK) {
       if (os_error) *os_error = opened.os_error;
       return opened.status;
@@ -68,11 +59,43 @@ IPL_API int ipl_open_ex(const char *path, uint32_t flags, ipl_lock **out, int *o
   });
 }
 
+int acquire(ipl_lock *lock, lock_mode mode, int64_t timeout_ms) noexcept {
+  ipl::detail::notice_fork();
+  if (!lock || !valid_timeout(timeout_ms)) return IPL_E_INVALID;
+  return guarded([&] { return lock->handle.acquire(mode, timeout_ms); });
+}
+
+int release(ipl_lock *lock, lock_mode mode) noexcept {
+  ipl::detail::notice_fork();
+  if (!lock) return IPL_E_INVALID;
+  return guarded([&] { return lock->handle.release(mode); });
+}
+
+}  // namespace
+
+extern "C" {
+
+IPL_API int ipl_open_mode(const char *path, uint32_t flags, uint32_t create_mode, ipl_lock **out,
+                          int *os_error) {
+  if (create_mode > kMaxCreateMode) {
+    if (os_error) *os_error = 0;
+    if (out) *out = nullptr;
+    return IPL_E_INVALID;
+  }
+  return open_handle(path, flags, int(create_mode), out, os_error);
+}
+
+IPL_API int ipl_open_ex(const char *path, uint32_t flags, ipl_lock **out, int *os_error) {
+  return open_handle(path, flags, ipl::detail::kDefaultCreateMode, out, os_error);
+}
+
 IPL_API int ipl_open(const char *path, uint32_t flags, ipl_lock **out) {
   return ipl_open_ex(path, flags, out, nullptr);
 }
 
 IPL_API void ipl_close(ipl_lock *lock) {
+  if (!lock) return;
+  ipl::detail::notice_fork();
   // Destructors release and close; they do not throw.
   delete lock;
 }

@@ -3,54 +3,67 @@
 // What the OS gives
 //   A blocking F_OFD_SETLKW wakes microseconds after the holder releases,
 //   but it has no timeout. A signal delivered to the waiting thread, handled
-//   without SA_RESTART, makes it return EINTR; tgkill() sends a signal to one
-//   thread.
+//   without SA_RESTART, makes it return EINTR. A POSIX timer with
+//   SIGEV_THREAD_ID sends a signal to one thread at an absolute time on
+//   CLOCK_MONOTONIC.
 //
 // What it gets wrong
-//   Signals are a process-wide resource: the disposition of a signal belongs
-//   to the application, and a signal that lands a moment before the thread
-//   enters the blocking call is simply lost (the call then blocks on). A
-//   per-wait POSIX timer would work, but deleting it is a syscall on the
-//   wake-up path, which costs a few microseconds of every hand-off.
+//   - Signals are a process-wide resource: the disposition of a signal
+//     belongs to the application, and a signal that lands a moment before
+//     the thread enters the blocking call is simply lost (the call then
+//     blocks on).
+//   - Real-time signals sent with tgkill() queue, one entry each, against the
+//     user's RLIMIT_SIGPENDING; once that queue is full every send fails
+//     with EAGAIN, for every process of the user. A sender that re-sends
+//     while a waiter is stuck fills it; a waiter whose deadline signal
+//     cannot be sent is never woken.
+//   - On some file systems (FUSE, NFS, CIFS) a signal does not end a
+//     blocking lock call at all: FUSE forwards it as an interrupt request
+//     and, when the daemon ignores that, waits uninterruptibly.
 //
 // What we do about it
 //   - We take a signal only while its disposition is the default (scanning
 //     from SIGRTMAX down), install an empty handler without SA_RESTART, and
 //     before every wait check that the handler is still ours. If the
-//     application (or a runtime such as Go's, which handles nearly all)
-//     owns it, or the signal is blocked in the calling thread, or no
-//     watchdog thread can be started, the wait falls back to polling. We
-//     never replace a handler we did not install.
-//   - A timed waiter registers its deadline with one watchdog thread (started
-//     on first need, all signals blocked, a small stack). The watchdog sleeps
-//     until the earliest deadline, then tgkill()s that waiter, and again
-//     every millisecond until it unregisters, so a signal lost to the race is
-//     followed by another: a wait overshoots by ~1 ms at most in that rare
-//     case. Registering and unregistering take a mutex and make no syscall
-//     unless the watchdog must be woken, so the hand-off path stays at the
-//     kernel floor.
-//   - The watchdog signals only registered waiters, under its mutex. A waiter
-//     that was signaled makes one syscall after unregistering, so the signal
-//     is delivered to our empty handler there, never into application code.
-//   - After fork() the child has no watchdog; a pthread_atfork handler resets
-//     the state so the child starts its own when it needs one.
+//     application (or a runtime such as Go's) owns it, or the signal is
+//     blocked in the calling thread, the wait polls instead. We never replace
+//     a handler we did not install.
+//   - Each thread that makes a timed wait gets one POSIX timer (made on its
+//     first contended timed wait, kept until the thread exits). A wait arms
+//     it for the deadline, repeating every millisecond, so a signal lost to
+//     the race is followed by another; the wait disarms it when the call
+//     returns (one timer_settime(), ~0.5 us here). A timer's signal entry is
+//     allocated when the timer is made, never at expiry, and a timer never
+//     queues a second signal while its first is pending (the kernel counts
+//     an overrun instead): a stuck waiter holds one queue entry, and a
+//     deadline can never fail to fire. If the timer cannot be made (the
+//     queue limit is reached, RLIMIT_SIGPENDING is 0), the wait polls.
+//   - signal_can_interrupt_lock_wait() lets the kernel path be used only on
+//     file systems known to be local (fstatfs); on any other a timed wait
+//     polls, so it ends on time even where a lock call cannot be interrupted.
+//   - The timer and the signal are the thread's own: no other thread is ever
+//     signaled, and a signal that fires just as the wait returns is
+//     delivered to our empty handler on the return from disarming.
+//   - A timer does not survive fork(): a thread's timer remembers the
+//     process token it was made under (posix_fcntl.cpp) and is made anew
+//     in a child.
 //   - IPL_WAIT_SIGNAL in the environment (0 = off, or a signal number) and
 //     ipl_set_wait_signal() choose or disable it.
 #include <errno.h>
-#include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/vfs.h>
+#include <time.h>
 #include <unistd.h>
 
-#include <algorithm>
 #include <atomic>
-#include <condition_variable>
+#include <chrono>
 #include <cstring>
 #include <mutex>
-#include <new>
 
 #include "ipl/ipl.h"
+#include "posix_fcntl.hpp"
 #include "wait_signal.hpp"
 
 namespace ipl::detail {
@@ -130,127 +143,119 @@ bool blocked_in_this_thread(int signo) {
   return sigismember(&mask, signo) == 1;
 }
 
-using waiter = deadline_interrupt::waiter;
-using clock = wait_deadline::clock;
+timespec to_timespec(wait_deadline::clock::duration since_epoch) {
+  const auto secs = std::chrono::duration_cast<std::chrono::seconds>(since_epoch);
+  timespec ts;
+  ts.tv_sec = time_t(secs.count());
+  ts.tv_nsec = long(std::chrono::duration_cast<std::chrono::nanoseconds>(since_epoch - secs).count());
+  return ts;
+}
 
-// The deadline watchdog. Heap-allocated and never destroyed: its thread
-// outlives static destructors.
-class watchdog {
+// The calling thread's wait timer (see the top of the file).
+class thread_timer {
  public:
-  // Adds `w` and makes sure a thread will signal it; false if no thread
-  // could be started (the caller then polls).
-  bool add(waiter *w) {
-    std::lock_guard<std::mutex> guard(mutex_);
-    if (!running_ && !start_thread()) return false;
-    w->prev = nullptr;
-    w->next = head_;
-    if (head_) head_->prev = w;
-    head_ = w;
-    // Wake the watchdog only when it sleeps past this deadline.
-    if (w->next_signal < sleeping_until_) wake_.notify_one();
-    return true;
+  ~thread_timer() {
+    if (made_ && token_ == posix::process_token()) timer_delete(id_);
   }
 
-  // Removes `w`; true if it has been signaled.
-  bool remove(waiter *w) {
-    std::lock_guard<std::mutex> guard(mutex_);
-    if (w->prev) w->prev->next = w->next; else head_ = w->next;
-    if (w->next) w->next->prev = w->prev;
-    return w->signaled;
+  // Arms the timer to send `signo` to this thread at `deadline` and every
+  // kResignalInterval after; false if that cannot be done.
+  bool arm(int signo, wait_deadline::clock::time_point deadline) {
+    if (!ready_for(signo)) return false;
+    itimerspec spec;
+    // steady_clock is CLOCK_MONOTONIC in libstdc++ and libc++.
+    spec.it_value = to_timespec(deadline.time_since_epoch());
+    if (spec.it_value.tv_sec == 0 && spec.it_value.tv_nsec == 0) spec.it_value.tv_nsec = 1;  // 0 disarms
+    spec.it_interval = to_timespec(kResignalInterval);
+    return timer_settime(id_, TIMER_ABSTIME, &spec, nullptr) == 0;
   }
 
-  static watchdog &instance() {
-    static watchdog *the_watchdog = new watchdog;
-    return *the_watchdog;
+  // Stops it. A signal already sent is delivered, to our empty handler,
+  // as this system call returns.
+  void disarm() {
+    itimerspec off;
+    std::memset(&off, 0, sizeof off);
+    timer_settime(id_, 0, &off, nullptr);
   }
 
  private:
-  watchdog() {
-    pthread_atfork([] { instance().mutex_.lock(); },
-                   [] { instance().mutex_.unlock(); },
-                   [] {
-                     // Only the forking thread exists in the child, and it
-                     // is not waiting: no waiters, no watchdog thread.
-                     watchdog &self = instance();
-                     self.head_ = nullptr;
-                     self.running_ = false;
-                     self.sleeping_until_ = clock::time_point::max();
-                     self.mutex_.unlock();
-                   });
+  // Makes the timer, or makes it anew after a fork or a change of signal.
+  bool ready_for(int signo) {
+    const uint64_t token = posix::process_token();
+    if (made_ && token_ == token && signo_ == signo) return true;
+    if (made_ && token_ == token) timer_delete(id_);
+    made_ = false;
+    sigevent event;
+    std::memset(&event, 0, sizeof event);
+    event.sigev_notify = SIGEV_THREAD_ID;
+    event.sigev_signo = signo;
+#ifdef sigev_notify_thread_id
+    event.sigev_notify_thread_id = gettid();
+#else
+    event._sigev_un._tid = gettid();
+#endif
+    // Fails with EAGAIN when the user's real-time signal queue is full.
+    if (timer_create(CLOCK_MONOTONIC, &event, &id_) != 0) return false;
+    made_ = true;
+    token_ = token;
+    signo_ = signo;
+    return true;
   }
 
-  // Called with mutex_ held.
-  bool start_thread() {
-    pthread_attr_t attr;
-    if (pthread_attr_init(&attr) != 0) return false;
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    pthread_attr_setstacksize(&attr, 64 * 1024);
-    // The thread inherits a mask blocking everything, so the application's
-    // process-directed signals are never handled on it.
-    sigset_t all, previous;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &previous);
-    pthread_t thread;
-    const int rc = pthread_create(&thread, &attr, &watchdog::run, this);
-    pthread_sigmask(SIG_SETMASK, &previous, nullptr);
-    pthread_attr_destroy(&attr);
-    running_ = rc == 0;
-    return running_;
-  }
-
-  static void *run(void *self) {
-    static_cast<watchdog *>(self)->loop();
-    return nullptr;
-  }
-
-  void loop() {
-    const pid_t pid = getpid();
-    std::unique_lock<std::mutex> guard(mutex_);
-    for (;;) {
-      const clock::time_point now = clock::now();
-      clock::time_point earliest = clock::time_point::max();
-      for (waiter *w = head_; w; w = w->next) {
-        if (w->next_signal <= now) {
-          tgkill(pid, w->thread_id, w->signo);
-          w->signaled = true;
-          w->next_signal = now + kResignalInterval;
-        }
-        earliest = std::min(earliest, w->next_signal);
-      }
-      sleeping_until_ = earliest;
-      if (earliest == clock::time_point::max()) {
-        wake_.wait(guard);
-      } else {
-        wake_.wait_until(guard, earliest);
-      }
-    }
-  }
-
-  std::mutex mutex_;
-  std::condition_variable wake_;
-  waiter *head_ = nullptr;
-  bool running_ = false;
-  clock::time_point sleeping_until_ = clock::time_point::max();
+  timer_t id_{};
+  bool made_ = false;
+  uint64_t token_ = 0;
+  int signo_ = 0;
 };
+
+thread_local thread_timer this_thread_timer;
+
+// f_type values (linux/magic.h) of local file systems, on which a signal
+// ends a blocking fcntl lock wait.
+bool is_local_file_system(long type) {
+  switch (static_cast<unsigned long>(type) & 0xffffffffUL) {
+    case 0xEF53:      // ext2, ext3, ext4
+    case 0x58465342:  // xfs
+    case 0x9123683E:  // btrfs
+    case 0x01021994:  // tmpfs
+    case 0x858458F6:  // ramfs
+    case 0xF2F52010:  // f2fs
+    case 0x2FC12FC1:  // zfs
+    case 0xCA451A4E:  // bcachefs
+    case 0x794C7630:  // overlayfs
+    case 0x52654973:  // reiserfs
+    case 0x3153464A:  // jfs
+    case 0x3434:      // nilfs2
+    case 0x4D44:      // vfat, msdos
+    case 0x2011BAB0:  // exfat
+    case 0x7366746E:  // ntfs3
+    case 0x482B:      // hfsplus
+    case 0xF15F:      // ecryptfs
+    case 0x73717368:  // squashfs
+    case 0x9660:      // iso9660
+    case 0x15013346:  // udf
+      return true;
+    default:
+      return false;
+  }
+}
+
 }  // namespace
+
+bool signal_can_interrupt_lock_wait(int fd) {
+  struct statfs fs;
+  if (fstatfs(fd, &fs) != 0) return false;
+  return is_local_file_system(long(fs.f_type));
+}
 
 deadline_interrupt::deadline_interrupt(wait_deadline::clock::time_point deadline) {
   const int signo = signal_for_wait();
   if (signo == 0 || blocked_in_this_thread(signo)) return;
-  self_.thread_id = gettid();
-  self_.signo = signo;
-  self_.next_signal = deadline;
-  armed_ = watchdog::instance().add(&self_);
+  armed_ = this_thread_timer.arm(signo, deadline);
 }
 
 deadline_interrupt::~deadline_interrupt() {
-  if (!armed_) return;
-  if (watchdog::instance().remove(&self_)) {
-    // A signal may be pending on this thread: a syscall's return delivers
-    // it to our empty handler here, not later inside application code.
-    sigset_t pending;
-    sigpending(&pending);
-  }
+  if (armed_) this_thread_timer.disarm();
 }
 
 int set_wait_signal(int signo) {
@@ -265,7 +270,7 @@ int set_wait_signal(int signo) {
     chosen = signo;
   }
   // A signal we stop using keeps our empty handler: a wait in another thread
-  // may still have a timer armed with it, and the default action of most
+  // may still have its timer armed with it, and the default action of most
   // signals would kill the process.
   active_signal.store(chosen, std::memory_order_relaxed);
   configured.store(true, std::memory_order_release);

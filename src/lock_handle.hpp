@@ -4,6 +4,16 @@
 // mutex is never held while waiting for the OS, so a release from another
 // thread, or a second caller told "would deadlock", never waits behind a
 // blocked acquire.
+//
+// Every acquire ends with the path identity check: once the OS has granted
+// the lock, the handle asks its lock_file whether the path still names the
+// locked file, and if not (removed or replaced meanwhile) it lets go,
+// reopens the path and waits again, within the same deadline.
+//
+// Handles are kept in a registry so that the fork handlers can make every
+// handle's mutex anew in a forked child (a parent thread may have held it).
+// In the child, a handle's lock_file reports inherited(): the handle then
+// holds nothing, and its next acquire reopens the path.
 #ifndef IPL_SRC_LOCK_HANDLE_HPP
 #define IPL_SRC_LOCK_HANDLE_HPP
 
@@ -28,6 +38,11 @@ class lock_handle {
   int release(lock_mode mode);
   int last_os_error() const { return last_os_error_.load(std::memory_order_relaxed); }
 
+  // The fork handlers' side (platform.hpp: core_*_fork).
+  static void lock_registry();
+  static void unlock_registry();
+  static void remake_mutexes_in_child();
+
  private:
   enum class state { idle, acquiring, held_shared, held_exclusive };
 
@@ -35,11 +50,23 @@ class lock_handle {
     return mode == lock_mode::shared ? state::held_shared : state::held_exclusive;
   }
   int finish(const os_result &result);
+  // With mutex_ held: a handle from the parent of a fork holds nothing here.
+  void forget_if_inherited();
+  // The wait and the identity check; called with state_ == acquiring.
+  os_result acquire_at_path(lock_mode mode, const wait_deadline &deadline);
 
   std::mutex mutex_;
   state state_ = state::idle;
+  // The lock_file has no usable descriptor (inherited, or a reopen failed):
+  // the next acquire reopens the path first. Only touched with mutex_ held
+  // or by the one thread in state acquiring.
+  bool needs_reopen_ = false;
   std::atomic<int> last_os_error_{0};
   std::unique_ptr<lock_file> file_;
+
+  // The registry: an intrusive list, so registering never allocates.
+  lock_handle *prev_ = nullptr;
+  lock_handle *next_ = nullptr;
 };
 
 }  // namespace ipl::detail

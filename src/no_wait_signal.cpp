@@ -7,6 +7,8 @@ namespace ipl::detail {
 deadline_interrupt::deadline_interrupt(wait_deadline::clock::time_point) {}
 deadline_interrupt::~deadline_interrupt() = default;
 
+bool signal_can_interrupt_lock_wait(int) { return false; }
+
 // 0 and AUTO are valid everywhere (AUTO finds no signal: waits poll); a
 // negative number is never a signal; a positive one cannot be used here.
 int set_wait_signal(int signo) {

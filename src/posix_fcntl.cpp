@@ -1,169 +1,450 @@
-// posix_fcntl.cpp — the POSIX backend: whole-file fcntl record locks.
+// posix_fcntl.cpp — what both POSIX backends share: opening the lock file,
+// the descriptors libipl owns across fork(), the path identity check, and
+// waiting for a whole-file fcntl record lock.
 //
 // What the OS gives
 //   fcntl() record locks: F_WRLCK (exclusive) and F_RDLCK (shared) over a
 //   byte range; the whole file is l_start = 0, l_len = 0. They are what
 //   Python's fasteners takes (fcntl.lockf), so using the same range and types
 //   makes libipl and fasteners exclude each other. The kernel drops them when
-//   the holder dies.
+//   the holder dies. Two kinds exist, each with its own file:
+//   posix_ofd.cpp (Linux open-file-description locks) and posix_classic.cpp
+//   (classic process-owned locks plus a per-process inode table).
 //
-// What it gets wrong
-//   Classic ("process-associated") fcntl locks belong to the process, not to
-//   a descriptor: two handles in one process never conflict, a second lock
-//   request from the same process silently converts the first, and closing
-//   ANY descriptor of the file drops ALL the process's locks on it — even a
-//   descriptor some unrelated library opened. POSIX advisory locks are broken
-//   by design for any program with threads or libraries.
+// What it gets wrong, and what we do about it
+//   - fork() copies descriptors. An OFD lock belongs to the open file
+//     description, which a forked child then shares: the child's unlock
+//     would drop the parent's lock, and the child's copy would keep the lock
+//     alive after the parent closed it or died. Every descriptor libipl
+//     opens is therefore registered, and a pthread_atfork child handler
+//     closes the child's copies at once; a process token (kept in a page the
+//     kernel zeroes in every child, MADV_WIPEONFORK) lets each handle know
+//     it came from the parent, and also catches a fork that ran no atfork
+//     handlers (glibc's _Fork) at the child's next libipl call. Opens hold a
+//     "fork barrier" (shared) from open() to registration, so no descriptor
+//     can slip into a child unregistered.
+//   - A lock is taken on a file, but users mean the path. If the file is
+//     unlinked or replaced while someone waits, the kernel grants that
+//     waiter a lock on a nameless inode while a newcomer locks the new file
+//     at the path: two holders. After each grant the core asks
+//     still_names(): one stat() of the path against the descriptor's
+//     (st_dev, st_ino), which were read once at open.
+//   - O_RDWR needs write permission, but a read lock needs only read
+//     access: when O_RDWR is denied (EACCES, EPERM, EROFS) the file is
+//     opened O_RDONLY and the handle takes shared locks only.
+//   - open() returns the lowest free descriptor. In a program started with
+//     closed standard streams that is 0, 1 or 2, and the next error message
+//     written to "stderr" would land in the lock file. Descriptors below 3
+//     are moved up with F_DUPFD_CLOEXEC.
+//   - A blocking lock call on FUSE, NFS, CIFS and other network file
+//     systems may not be ended by a signal (FUSE waits uninterruptibly once
+//     the daemon ignores its interrupt request), so a timed wait there
+//     polls instead (linux_wait_signal.cpp decides per file system).
 //
-// What we do about it
-//   Linux (>= 3.15) has open-file-description locks (F_OFD_SETLK/SETLKW):
-//   the same lock records, conflicting with classic locks (so fasteners
-//   still sees them), but owned by the open file description. Each handle
-//   opens its own description, so handles exclude each other like processes,
-//   and an unrelated close() drops nothing. That is `ofd_lock_file`.
-//
-//   Elsewhere (macOS, BSD), and on Linux with -Dposix_locks=classic, we use
-//   classic locks and arbitrate inside the process, as SQLite's unix VFS does:
-//   an `inode_table` keyed by (st_dev, st_ino) records which handles of this
-//   process hold the file shared or exclusive; only the first sharer and the
-//   exclusive holder talk to the kernel, and a handle closed while another
-//   handle of the process holds a lock on the same inode has its descriptor
-//   parked (closing it would drop that lock) until the inode is unlocked.
-//   A close() behind the library's back still drops the lock there: no
-//   classic-lock design can prevent that.
-//
-// Common to both
-//   - The file is opened O_RDWR | O_CLOEXEC | O_NOCTTY | O_NONBLOCK and never
-//     written or truncated. O_NONBLOCK keeps open() of a FIFO from blocking;
-//     a stat() before open() keeps us from opening devices at all (opening
+// Common to both kinds
+//   - The file is opened O_CLOEXEC | O_NOCTTY | O_NONBLOCK and never written
+//     or truncated. O_NONBLOCK keeps open() of a FIFO from blocking; a
+//     stat() before open() keeps us from opening devices at all (opening
 //     some devices has side effects), and an fstat() after open() closes the
 //     race with a rename.
+//   - A new file is created with O_EXCL and, when the caller chose a mode,
+//     given it with fchmod() (the umask stays untouched); losing a creation
+//     race to another process (EEXIST) just opens its file.
 //   - Forever waits sleep in the kernel (F_*SETLKW), retried on EINTR so
 //     signals never break them. Timed waits sleep there too, ended at the
-//     deadline by a per-thread timer signal (linux_wait_signal.cpp); where
-//     that signal is not available they poll with capped, jittered
-//     back-off. Deadlines are on CLOCK_MONOTONIC.
+//     deadline by the wait signal (linux_wait_signal.cpp); where that signal
+//     cannot be used, or cannot interrupt a lock call on this file system,
+//     they poll with capped, jittered back-off. Deadlines are on
+//     CLOCK_MONOTONIC.
+#include "posix_fcntl.hpp"
+
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <sched.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <condition_variable>
+#include <atomic>
 #include <cstring>
-#include <map>
 #include <mutex>
+#include <new>
 #include <random>
+#include <shared_mutex>
 #include <string>
-#include <utility>
 #include <vector>
 
-#include "platform.hpp"
 #include "wait_signal.hpp"
 
-#ifndef IPL_POSIX_USE_OFD
-#error "the build defines IPL_POSIX_USE_OFD to 1 (OFD locks) or 0 (classic locks)"
-#endif
-
 namespace ipl::detail {
-namespace {
+namespace posix {
 
 // ---- Errors ------------------------------------------------------------------
 
-os_result os_failure(int status, int err) { return os_result{status, err}; }
+os_result failure(int status, int err) { return os_result{status, err}; }
 
-// Maps an errno from open()/mkdir()/stat() to a named status.
 os_result open_failure(int err) {
   switch (err) {
     case EACCES:
     case EPERM:
     case EROFS:
-      return os_failure(IPL_E_ACCESS, err);
+      return failure(IPL_E_ACCESS, err);
     case ENAMETOOLONG:
-      return os_failure(IPL_E_NAME_TOO_LONG, err);
+      return failure(IPL_E_NAME_TOO_LONG, err);
     case ENOTDIR:
-      return os_failure(IPL_E_BAD_PARENT, err);
+      return failure(IPL_E_BAD_PARENT, err);
     case EISDIR:
     case ENXIO:
     case ENODEV:
     case ETXTBSY:
-      return os_failure(IPL_E_NOT_REGULAR_FILE, err);
+      return failure(IPL_E_NOT_REGULAR_FILE, err);
     case ENOMEM:
-      return os_failure(IPL_E_NO_MEMORY, err);
+      return failure(IPL_E_NO_MEMORY, err);
     default:
-      return os_failure(IPL_E_OS, err);
+      return failure(IPL_E_OS, err);
   }
 }
 
-// Maps an errno from a lock operation.
 os_result lock_failure(int err) {
   switch (err) {
     case EDEADLK:  // classic locks only: the kernel saw a cycle of waiters
-      return os_failure(IPL_E_WOULD_DEADLOCK, err);
+      return failure(IPL_E_WOULD_DEADLOCK, err);
     case ENOMEM:
-      return os_failure(IPL_E_NO_MEMORY, err);
+      return failure(IPL_E_NO_MEMORY, err);
     default:
-      return os_failure(IPL_E_OS, err);
+      return failure(IPL_E_OS, err);
   }
+}
+
+namespace {
+
+// ---- The descriptors libipl owns, and fork() -------------------------------------
+
+// Zeroed by the kernel in every forked child when MADV_WIPEONFORK works
+// (Linux >= 4.14); a plain static otherwise. A token of 0 therefore means
+// "forked, and no atfork handler has run".
+struct wiped_on_fork {
+  std::atomic<uint64_t> token;
+  std::atomic<int> resetting;  // a thread is resetting the child's state
+};
+
+struct fork_state {
+  wiped_on_fork *page = nullptr;
+  wiped_on_fork fallback{};              // when no wipe-on-fork page exists
+  std::atomic<uint64_t> last_token{1};   // copied into children, never wiped
+  // Held shared from open() to registration, exclusively across fork(): no
+  // descriptor reaches a child unregistered.
+  std::shared_mutex fork_barrier;
+  std::mutex registry_mutex;
+  std::vector<int> registered;  // every descriptor libipl has open
+
+  fork_state() {
+    void *mem = mmap(nullptr, size_t(sysconf(_SC_PAGESIZE)), PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+#ifdef MADV_WIPEONFORK
+    if (mem != MAP_FAILED && madvise(mem, size_t(sysconf(_SC_PAGESIZE)), MADV_WIPEONFORK) == 0) {
+      page = new (mem) wiped_on_fork{};
+    } else if (mem != MAP_FAILED) {
+      munmap(mem, size_t(sysconf(_SC_PAGESIZE)));
+    }
+#else
+    if (mem != MAP_FAILED) munmap(mem, size_t(sysconf(_SC_PAGESIZE)));
+#endif
+    if (!page) page = &fallback;
+    page->token.store(1, std::memory_order_relaxed);
+    pthread_atfork(&prepare_fork, &after_fork_parent, &after_fork_child);
+  }
+
+  static void prepare_fork();
+  static void after_fork_parent();
+  static void after_fork_child();
+};
+
+// Never destroyed: handles may be closed from static destructors, and the
+// atfork handlers stay registered for the life of the process.
+fork_state &the_fork_state() {
+  static fork_state *state = new fork_state;
+  return *state;
+}
+
+// In the child, with only the current thread left: closes the child's
+// copies of libipl's descriptors, resets the lock kind's and the core's
+// state, and gives the child a token of its own. The mutexes are made anew:
+// a thread of the parent may have held them, and it does not exist here.
+void reset_in_child(fork_state &state) {
+  new (&state.registry_mutex) std::mutex;
+  for (int fd : state.registered) close(fd);
+  state.registered.clear();  // keeps its storage: no free() in the child
+  kind_after_fork_child();
+  new (&state.fork_barrier) std::shared_mutex;
+  core_after_fork_child();
+  state.page->token.store(state.last_token.fetch_add(1, std::memory_order_relaxed) + 1,
+                          std::memory_order_release);
+}
+
+void fork_state::prepare_fork() {
+  fork_state &state = the_fork_state();
+  core_prepare_fork();
+  state.fork_barrier.lock();
+  kind_prepare_fork();
+  state.registry_mutex.lock();
+}
+
+void fork_state::after_fork_parent() {
+  fork_state &state = the_fork_state();
+  state.registry_mutex.unlock();
+  kind_after_fork_parent();
+  state.fork_barrier.unlock();
+  core_after_fork_parent();
+}
+
+void fork_state::after_fork_child() { reset_in_child(the_fork_state()); }
+
+// The first libipl call in a child whose fork ran no atfork handlers: one
+// thread resets, any other waits (a reset is a few close() calls).
+uint64_t reset_after_unnoticed_fork(fork_state &state) {
+  int expected = 0;
+  if (state.page->resetting.compare_exchange_strong(expected, 1)) {
+    reset_in_child(state);
+    return state.page->token.load(std::memory_order_acquire);
+  }
+  constexpr int kMaxYields = 1000000;
+  for (int i = 0; i < kMaxYields; ++i) {
+    const uint64_t token = state.page->token.load(std::memory_order_acquire);
+    if (token != 0) return token;
+    sched_yield();
+  }
+  return state.page->token.load(std::memory_order_acquire);
 }
 
 // ---- Opening -----------------------------------------------------------------
 
-// Creates the missing parent folders of `path` (mode 0777 minus umask, as
-// fasteners' os.makedirs does).
-os_result create_parent_dirs(const std::string &path) {
+constexpr mode_t kDefaultFileMode = 0666;  // minus the umask, as fasteners
+
+// Folders made for a lock file with mode `file_mode` get search permission
+// wherever the file gives read: 0664 -> 0775, 0600 -> 0700.
+mode_t folder_mode_for(mode_t file_mode) { return file_mode | ((file_mode & 0444) >> 2); }
+
+// Creates the missing parent folders of `path`: 0777 minus the umask by
+// default (as fasteners' os.makedirs), or exactly folder_mode_for(create_mode).
+os_result create_parent_dirs(const std::string &path, int create_mode) {
+  const bool exact = create_mode != kDefaultCreateMode;
+  const mode_t dir_mode = exact ? folder_mode_for(mode_t(create_mode)) : 0777;
   // Walk each prefix that ends just before a '/', skipping the root.
   for (size_t slash = path.find('/', 1); slash != std::string::npos;
        slash = path.find('/', slash + 1)) {
     if (path[slash - 1] == '/') continue;  // "a//b"
     const std::string prefix = path.substr(0, slash);
-    if (mkdir(prefix.c_str(), 0777) == 0) continue;
+    if (mkdir(prefix.c_str(), dir_mode) == 0) {
+      // Ours: give it the exact mode the umask took bits from.
+      if (exact && chmod(prefix.c_str(), dir_mode) != 0) return open_failure(errno);
+      continue;
+    }
     const int err = errno;
     if (err != EEXIST) return open_failure(err);
     struct stat st;
     if (stat(prefix.c_str(), &st) != 0) return open_failure(errno);
-    if (!S_ISDIR(st.st_mode)) return os_failure(IPL_E_BAD_PARENT, ENOTDIR);
+    if (!S_ISDIR(st.st_mode)) return failure(IPL_E_BAD_PARENT, ENOTDIR);
   }
   return {};
 }
 
-// Opens `path` as a lock file; on success *fd_out is a regular file.
-os_result open_regular_file(const char *path, uint32_t flags, int *fd_out) {
+constexpr int kBaseOpenFlags = O_CLOEXEC | O_NOCTTY | O_NONBLOCK;
+
+bool is_denied(int err) { return err == EACCES || err == EPERM || err == EROFS; }
+
+// Moves a descriptor that landed on 0, 1 or 2 to 3 or above (see the top).
+int above_stdio(int fd) {
+  if (fd > 2) return fd;
+  const int moved = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+  const int err = errno;
+  close(fd);
+  errno = err;
+  return moved;
+}
+
+// open() with the flags the caller chose; EINTR (a FUSE or NFS open may
+// be interrupted) is retried.
+int open_retrying(const char *path, int flags, mode_t mode) {
+  for (;;) {
+    const int fd = open(path, flags, mode);
+    if (fd >= 0 || errno != EINTR) return fd;
+  }
+}
+
+// A file system such as GlusterFS can report EEXIST for an O_EXCL create
+// that raced with a remove; a few rounds settle it.
+constexpr int kCreateRounds = 8;
+
+// Opens (or creates) the lock file. On success *writable says whether it is
+// open for writing; a refused O_RDWR leaves its errno in *write_denied.
+int open_descriptor(const std::string &path, uint32_t flags, int create_mode, bool *writable,
+                    int *write_denied, os_result *failed) {
+  const char *p = path.c_str();
+  int fd = open_retrying(p, O_RDWR | kBaseOpenFlags, 0);
+  for (int round = 0; fd < 0 && errno == ENOENT && !(flags & IPL_OPEN_NO_CREATE) &&
+                      round < kCreateRounds;
+       ++round) {
+    const bool exact = create_mode != kDefaultCreateMode;
+    const mode_t mode = exact ? mode_t(create_mode) : kDefaultFileMode;
+    fd = open_retrying(p, O_RDWR | O_CREAT | O_EXCL | kBaseOpenFlags, mode);
+    if (fd >= 0) {
+      if (exact && fchmod(fd, mode) != 0) {
+        *failed = open_failure(errno);
+        close(fd);
+        return -1;
+      }
+      break;
+    }
+    const int err = errno;
+    if (err == EEXIST) {
+      fd = open_retrying(p, O_RDWR | kBaseOpenFlags, 0);  // another creator won
+    } else if (err == ENOENT) {
+      // A parent folder is missing.
+      if (flags & IPL_OPEN_NO_CREATE_DIRS) {
+        *failed = failure(IPL_E_BAD_PARENT, ENOENT);
+        return -1;
+      }
+      const os_result made = create_parent_dirs(path, create_mode);
+      if (made.status != IPL_OK) {
+        *failed = made;
+        return -1;
+      }
+      errno = ENOENT;  // go round again: create the file
+    } else {
+      *failed = open_failure(err);  // e.g. EACCES: cannot create it
+      return -1;
+    }
+  }
+  if (fd < 0 && is_denied(errno)) {
+    // Read access may be enough: shared locks only.
+    *write_denied = errno;
+    fd = open_retrying(p, O_RDONLY | kBaseOpenFlags, 0);
+    if (fd >= 0) *writable = false;
+  }
+  if (fd < 0) {
+    *failed = open_failure(errno);
+    return -1;
+  }
+  fd = above_stdio(fd);
+  if (fd < 0) *failed = open_failure(errno);
+  return fd;
+}
+
+}  // namespace
+
+uint64_t process_token() {
+  fork_state &state = the_fork_state();
+  const uint64_t token = state.page->token.load(std::memory_order_acquire);
+  if (token != 0) return token;
+  return reset_after_unnoticed_fork(state);
+}
+
+void register_descriptor(int fd) {
+  fork_state &state = the_fork_state();
+  std::lock_guard<std::mutex> guard(state.registry_mutex);
+  state.registered.push_back(fd);
+}
+
+void close_registered(int fd) {
+  fork_state &state = the_fork_state();
+  {
+    std::lock_guard<std::mutex> guard(state.registry_mutex);
+    auto &fds = state.registered;
+    const auto found = std::find(fds.begin(), fds.end(), fd);
+    if (found != fds.end()) {
+      *found = fds.back();
+      fds.pop_back();
+    }
+  }
+  close(fd);
+}
+
+std::string absolute_path(const char *path) {
+  if (path[0] == '/') return path;
+  std::string cwd(256, '\0');
+  for (;;) {
+    if (getcwd(&cwd[0], cwd.size())) break;
+    if (errno != ERANGE || cwd.size() > (size_t(1) << 20)) return path;
+    cwd.resize(cwd.size() * 2);
+  }
+  cwd.resize(std::strlen(cwd.c_str()));
+  if (cwd.empty() || cwd.back() != '/') cwd += '/';
+  return cwd + path;
+}
+
+os_result open_file(const std::string &path, uint32_t flags, int create_mode, reuse_hook reuse,
+                    opened_file *out) {
+  fork_state &state = the_fork_state();
   struct stat st;
-  if (stat(path, &st) == 0) {
-    if (!S_ISREG(st.st_mode)) return os_failure(IPL_E_NOT_REGULAR_FILE, 0);
+  if (stat(path.c_str(), &st) == 0) {
+    if (!S_ISREG(st.st_mode)) return failure(IPL_E_NOT_REGULAR_FILE, 0);
+    bool writable = true;
+    const int reused = reuse ? reuse(st.st_dev, st.st_ino, &writable) : -1;
+    if (reused >= 0) {
+      // A descriptor of this process on the very file the path names now.
+      opened_file file;
+      file.fd = reused;
+      file.dev = st.st_dev;
+      file.ino = st.st_ino;
+      file.writable = writable;
+      file.write_denied_error = writable ? 0 : EACCES;
+      file.interruptible = signal_can_interrupt_lock_wait(reused);
+      file.token = process_token();
+      *out = file;
+      return {};
+    }
   } else if (errno != ENOENT) {
     return open_failure(errno);
   }
 
-  const int open_flags = O_RDWR | O_CLOEXEC | O_NOCTTY | O_NONBLOCK |
-                         ((flags & IPL_OPEN_NO_CREATE) ? 0 : O_CREAT);
-  int fd = open(path, open_flags, 0666);
-  if (fd < 0 && errno == ENOENT && !(flags & IPL_OPEN_NO_CREATE)) {
-    // A parent folder is missing.
-    if (flags & IPL_OPEN_NO_CREATE_DIRS) return os_failure(IPL_E_BAD_PARENT, ENOENT);
-    const os_result made = create_parent_dirs(path);
-    if (made.status != IPL_OK) return made;
-    fd = open(path, open_flags, 0666);
+  opened_file file;
+  {
+    std::shared_lock<std::shared_mutex> no_fork_now(state.fork_barrier);
+    os_result failed;
+    file.fd = open_descriptor(path, flags, create_mode, &file.writable, &file.write_denied_error,
+                              &failed);
+    if (file.fd < 0) return failed;
+    register_descriptor(file.fd);
   }
-  if (fd < 0) return open_failure(errno);
-
-  if (fstat(fd, &st) != 0) {
+  if (fstat(file.fd, &st) != 0) {
     const int err = errno;
-    close(fd);
+    close_registered(file.fd);
     return open_failure(err);
   }
   if (!S_ISREG(st.st_mode)) {
-    close(fd);
-    return os_failure(IPL_E_NOT_REGULAR_FILE, 0);
+    close_registered(file.fd);
+    return failure(IPL_E_NOT_REGULAR_FILE, 0);
   }
-  *fd_out = fd;
+  file.dev = st.st_dev;
+  file.ino = st.st_ino;
+  file.interruptible = signal_can_interrupt_lock_wait(file.fd);
+  file.token = process_token();
+  *out = file;
+  return {};
+}
+
+os_result still_names(const std::string &path, dev_t dev, ino_t ino, bool *same) {
+  struct stat st;
+  if (stat(path.c_str(), &st) != 0) {
+    const int err = errno;
+    if (err == ENOENT || err == ENOTDIR) {
+      *same = false;
+      return {};
+    }
+    return open_failure(err);
+  }
+  *same = st.st_dev == dev && st.st_ino == ino;
   return {};
 }
 
 // ---- Taking the kernel lock ----------------------------------------------------
+
+namespace {
 
 struct flock whole_file(short type) {
   struct flock region;
@@ -176,12 +457,6 @@ struct flock whole_file(short type) {
 }
 
 short lock_type(lock_mode mode) { return mode == lock_mode::exclusive ? F_WRLCK : F_RDLCK; }
-
-// The fcntl commands of one lock kind.
-struct lock_commands {
-  int try_cmd;
-  int wait_cmd;
-};
 
 bool is_busy(int err) { return err == EAGAIN || err == EACCES; }
 
@@ -222,7 +497,7 @@ os_result wait_in_kernel(int fd, int wait_cmd, lock_mode mode, const wait_deadli
     struct flock region = whole_file(lock_type(mode));
     if (fcntl(fd, wait_cmd, &region) == 0) return {};
     if (errno != EINTR) return lock_failure(errno);
-    if (deadline && deadline->expired()) return os_failure(IPL_E_TIMEOUT, 0);
+    if (deadline && deadline->expired()) return failure(IPL_E_TIMEOUT, 0);
   }
 }
 
@@ -235,27 +510,32 @@ os_result poll_until(int fd, int try_cmd, lock_mode mode, const wait_deadline &d
     if (fcntl(fd, try_cmd, &region) == 0) return {};
     const int err = errno;
     if (err != EINTR && !is_busy(err)) return lock_failure(err);
-    if (deadline.expired()) return os_failure(IPL_E_TIMEOUT, 0);
+    if (deadline.expired()) return failure(IPL_E_TIMEOUT, 0);
   }
 }
 
-os_result set_lock(int fd, lock_commands cmds, lock_mode mode, const wait_deadline &deadline) {
-  if (deadline.is_forever()) return wait_in_kernel(fd, cmds.wait_cmd, mode, nullptr);
+}  // namespace
+
+os_result set_lock(const opened_file &file, lock_commands cmds, lock_mode mode,
+                   const wait_deadline &deadline) {
+  if (deadline.is_forever()) return wait_in_kernel(file.fd, cmds.wait_cmd, mode, nullptr);
 
   // One try first: an uncontended lock needs no timer, and a try never sleeps.
   for (;;) {
     struct flock region = whole_file(lock_type(mode));
-    if (fcntl(fd, cmds.try_cmd, &region) == 0) return {};
+    if (fcntl(file.fd, cmds.try_cmd, &region) == 0) return {};
     const int err = errno;
     if (err == EINTR) continue;
     if (!is_busy(err)) return lock_failure(err);
     break;
   }
-  if (deadline.expired()) return os_failure(IPL_E_TIMEOUT, 0);
+  if (deadline.expired()) return failure(IPL_E_TIMEOUT, 0);
 
-  const deadline_interrupt interrupt(deadline.when());
-  if (interrupt.armed()) return wait_in_kernel(fd, cmds.wait_cmd, mode, &deadline);
-  return poll_until(fd, cmds.try_cmd, mode, deadline);
+  if (file.interruptible) {
+    const deadline_interrupt interrupt(deadline.when());
+    if (interrupt.armed()) return wait_in_kernel(file.fd, cmds.wait_cmd, mode, &deadline);
+  }
+  return poll_until(file.fd, cmds.try_cmd, mode, deadline);
 }
 
 os_result clear_lock(int fd, int try_cmd) {
@@ -266,199 +546,10 @@ os_result clear_lock(int fd, int try_cmd) {
   return {};
 }
 
-// ---- Open-file-description locks (Linux) ---------------------------------------
-#if IPL_POSIX_USE_OFD
+}  // namespace posix
 
-class ofd_lock_file final : public lock_file {
- public:
-  explicit ofd_lock_file(int fd) : fd_(fd) {}
-  ~ofd_lock_file() override { close(fd_); }  // closing releases an OFD lock
+void notice_fork() { posix::process_token(); }
 
-  os_result lock(lock_mode mode, const wait_deadline &deadline) override {
-    return set_lock(fd_, lock_commands{F_OFD_SETLK, F_OFD_SETLKW}, mode, deadline);
-  }
-  os_result unlock() override { return clear_lock(fd_, F_OFD_SETLK); }
-
- private:
-  int fd_;
-};
-
-#else
-// ---- Classic locks plus the per-process inode table ----------------------------
-
-// What this process holds on one inode, across all its handles.
-struct inode_state {
-  int handles = 0;            // open handles on this inode
-  int shared_holders = 0;     // handles holding it shared
-  bool exclusive_held = false;
-  bool kernel_busy = false;   // a thread is taking the kernel lock right now
-  std::vector<int> parked_fds;  // descriptors of closed handles, see below
-  std::condition_variable changed;
-
-  bool unlocked() const { return shared_holders == 0 && !exclusive_held && !kernel_busy; }
-};
-
-class inode_table {
- public:
-  using key = std::pair<dev_t, ino_t>;
-
-  std::mutex mutex;
-  inode_state &join(key k) {
-    auto &slot = entries_[k];
-    if (!slot) slot = std::make_unique<inode_state>();
-    ++slot->handles;
-    return *slot;
-  }
-  void leave(key k) {
-    auto found = entries_.find(k);
-    if (--found->second->handles == 0) entries_.erase(found);
-  }
-
- private:
-  std::map<key, std::unique_ptr<inode_state>> entries_;
-};
-
-// Never destroyed: handles may be closed from static destructors.
-inode_table &the_inode_table() {
-  static inode_table *table = new inode_table;
-  return *table;
-}
-
-// Closing any descriptor of the inode drops the process's classic locks, so
-// parked descriptors are closed only once nothing is locked.
-void close_parked_if_unlocked(inode_state &inode) {
-  if (!inode.unlocked()) return;
-  for (int fd : inode.parked_fds) close(fd);
-  inode.parked_fds.clear();
-}
-
-class classic_lock_file final : public lock_file {
- public:
-  classic_lock_file(int fd, inode_table::key key) : fd_(fd), key_(key) {
-    std::lock_guard<std::mutex> guard(table().mutex);
-    inode_ = &table().join(key_);
-  }
-
-  ~classic_lock_file() override {
-    std::lock_guard<std::mutex> guard(table().mutex);
-    if (holding_) release_locked();
-    if (inode_->unlocked()) {
-      close(fd_);
-    } else {
-      inode_->parked_fds.push_back(fd_);
-    }
-    if (inode_->handles == 1) close_parked_if_unlocked(*inode_);
-    table().leave(key_);
-  }
-
-  os_result lock(lock_mode mode, const wait_deadline &deadline) override {
-    std::unique_lock<std::mutex> guard(table().mutex);
-    for (;;) {
-      const bool compatible = mode == lock_mode::shared
-                                  ? !inode_->exclusive_held
-                                  : !inode_->exclusive_held && inode_->shared_holders == 0;
-      if (compatible && !inode_->kernel_busy) {
-        if (mode == lock_mode::shared && inode_->shared_holders > 0) {
-          // The process already holds the kernel's read lock.
-          ++inode_->shared_holders;
-          holding_ = true;
-          mode_ = mode;
-          return {};
-        }
-        return take_kernel_lock(guard, mode, deadline);
-      }
-      // Another handle of this process holds a conflicting lock, or is
-      // talking to the kernel: wait for it to change its state.
-      if (deadline.is_try_once()) return os_failure(IPL_E_TIMEOUT, 0);
-      if (deadline.is_forever()) {
-        inode_->changed.wait(guard);
-      } else if (inode_->changed.wait_until(guard, deadline.when()) == std::cv_status::timeout &&
-                 deadline.expired()) {
-        return os_failure(IPL_E_TIMEOUT, 0);
-      }
-    }
-  }
-
-  os_result unlock() override {
-    std::lock_guard<std::mutex> guard(table().mutex);
-    return release_locked();
-  }
-
- private:
-  static inode_table &table() { return the_inode_table(); }
-
-  os_result take_kernel_lock(std::unique_lock<std::mutex> &guard, lock_mode mode,
-                             const wait_deadline &deadline) {
-    inode_->kernel_busy = true;
-    guard.unlock();
-    const os_result result = set_lock(fd_, lock_commands{F_SETLK, F_SETLKW}, mode, deadline);
-    guard.lock();
-    inode_->kernel_busy = false;
-    if (result.status == IPL_OK) {
-      if (mode == lock_mode::shared) {
-        inode_->shared_holders = 1;
-      } else {
-        inode_->exclusive_held = true;
-      }
-      holding_ = true;
-      mode_ = mode;
-    } else {
-      close_parked_if_unlocked(*inode_);
-    }
-    inode_->changed.notify_all();
-    return result;
-  }
-
-  // Called with the table mutex held.
-  os_result release_locked() {
-    bool last_holder = true;
-    if (mode_ == lock_mode::shared) {
-      last_holder = --inode_->shared_holders == 0;
-    } else {
-      inode_->exclusive_held = false;
-    }
-    holding_ = false;
-    os_result result;
-    if (last_holder) result = clear_lock(fd_, F_SETLK);
-    close_parked_if_unlocked(*inode_);
-    inode_->changed.notify_all();
-    return result;
-  }
-
-  int fd_;
-  inode_table::key key_;
-  inode_state *inode_ = nullptr;
-  bool holding_ = false;
-  lock_mode mode_ = lock_mode::shared;
-};
-
-#endif  // IPL_POSIX_USE_OFD
-
-}  // namespace
-
-os_result open_lock_file(const char *path, uint32_t flags, std::unique_ptr<lock_file> *out) {
-  int fd = -1;
-  const os_result opened = open_regular_file(path, flags, &fd);
-  if (opened.status != IPL_OK) return opened;
-  try {
-#if IPL_POSIX_USE_OFD
-    *out = std::make_unique<ofd_lock_file>(fd);
-#else
-    struct stat st;
-    if (fstat(fd, &st) != 0) {
-      const int err = errno;
-      close(fd);
-      return open_failure(err);
-    }
-    *out = std::make_unique<classic_lock_file>(fd, inode_table::key{st.st_dev, st.st_ino});
-#endif
-  } catch (...) {
-    close(fd);  // the lock_file never took ownership
-    throw;
-  }
-  return {};
-}
-
-const char *backend_name() { return IPL_POSIX_USE_OFD ? "posix-ofd" : "posix-classic"; }
+const int kReplacedTooOftenError = ESTALE;
 
 }  // namespace ipl::detail

@@ -9,13 +9,14 @@
 
 namespace ipl::detail {
 
-// While it lives, the calling thread is registered with the deadline
-// watchdog, which sends it the wait signal at `deadline` and again every
-// millisecond after, until it is destroyed. The repeats close the race of a
-// signal that lands just before the thread enters the blocking call.
+// While it lives, the calling thread's wait timer is armed: the kernel sends
+// the thread the wait signal at `deadline` and every millisecond after,
+// until it is destroyed. The repeats close the race of a signal that lands
+// just before the thread enters the blocking call; a timer never has more
+// than one signal queued, however long the thread stays blocked.
 // armed() is false when the signal cannot be used right now (disabled, not
-// ours any more, blocked in this thread, or no watchdog thread): the caller
-// must then poll.
+// ours any more, blocked in this thread, or no timer could be made — e.g.
+// the real-time signal queue limit is reached): the caller must then poll.
 class deadline_interrupt {
  public:
   explicit deadline_interrupt(wait_deadline::clock::time_point deadline);
@@ -25,21 +26,14 @@ class deadline_interrupt {
 
   bool armed() const { return armed_; }
 
-  // The watchdog's bookkeeping, guarded by its mutex: an intrusive list
-  // node, so registering never allocates.
-  struct waiter {
-    waiter *prev = nullptr;
-    waiter *next = nullptr;
-    int thread_id = 0;
-    int signo = 0;
-    wait_deadline::clock::time_point next_signal{};
-    bool signaled = false;
-  };
-
  private:
   bool armed_ = false;
-  waiter self_;
 };
+
+// Whether a signal ends a blocking lock call on the open file `fd`. False on
+// file systems whose lock calls may wait uninterruptibly (FUSE, NFS, CIFS,
+// and any other not known to be local): timed waits there poll.
+bool signal_can_interrupt_lock_wait(int fd);
 
 // ipl_set_wait_signal / ipl_wait_signal, as documented in ipl.h.
 int set_wait_signal(int signo);

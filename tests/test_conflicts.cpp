@@ -35,8 +35,16 @@
 namespace {
 
 using namespace std::chrono_literals;
+using ipltest::acquire_in_mode;
 using ipltest::child_process;
+using ipltest::kAllModes;
 using ipltest::kBound;
+using ipltest::kNoReply;
+using ipltest::lock_agent;
+using ipltest::lock_mode;
+using ipltest::mode_name;
+using ipltest::modes_conflict;
+using ipltest::release_in_mode;
 using ipltest::temp_dir;
 using steady = std::chrono::steady_clock;
 
@@ -45,50 +53,6 @@ using steady = std::chrono::steady_clock;
 constexpr auto kStaysBlocked = 200ms;
 // "Returned at once" on a noisy 2-core machine: generous on purpose.
 constexpr auto kPrompt = 2000ms;
-
-// ---- Lock modes -------------------------------------------------------------
-
-enum class lock_mode { exclusive, write, shared };
-const lock_mode kAllModes[] = {lock_mode::exclusive, lock_mode::write, lock_mode::shared};
-
-const char *mode_name(lock_mode mode) {
-  switch (mode) {
-    case lock_mode::exclusive: return "exclusive";
-    case lock_mode::write: return "write";
-    case lock_mode::shared: return "shared";
-  }
-  return "?";
-}
-
-std::optional<lock_mode> mode_from_name(const std::string &name) {
-  for (lock_mode mode : kAllModes)
-    if (name == mode_name(mode)) return mode;
-  return std::nullopt;
-}
-
-// The documented rule: only shared vs shared coexists.
-bool modes_conflict(lock_mode held, lock_mode wanted) {
-  return !(held == lock_mode::shared && wanted == lock_mode::shared);
-}
-
-// The ipl_* entry point that takes / releases `mode`.
-int acquire_in_mode(ipl_lock *lock, lock_mode mode, int64_t timeout_ms) {
-  switch (mode) {
-    case lock_mode::exclusive: return ipl_acquire(lock, timeout_ms);
-    case lock_mode::write: return ipl_acquire_write(lock, timeout_ms);
-    case lock_mode::shared: return ipl_acquire_read(lock, timeout_ms);
-  }
-  return IPL_E_INTERNAL;
-}
-
-int release_in_mode(ipl_lock *lock, lock_mode mode) {
-  switch (mode) {
-    case lock_mode::exclusive: return ipl_release(lock);
-    case lock_mode::write: return ipl_release_write(lock);
-    case lock_mode::shared: return ipl_release_read(lock);
-  }
-  return IPL_E_INTERNAL;
-}
 
 // ---- Handles ------------------------------------------------------------------
 
@@ -156,101 +120,6 @@ class bounded_thread {
   };
   std::shared_ptr<state> state_;
   std::thread thread_;
-};
-
-// ---- A helper process that holds its own handle ----------------------------------
-
-// Commands, one per line: "acquire MODE TIMEOUT_MS" and "release MODE" answer
-// "rc STATUS"; "close" (ipl_close) answers "closed"; "exit" or EOF ends it.
-IPL_TEST_HELPER(conflict_agent) {
-  if (args.size() != 1) return 2;
-  ipl_lock *lock = nullptr;
-  if (ipl_open(args[0].c_str(), 0, &lock) != IPL_OK) {
-    ipltest::helper_say("open failed");
-    return 3;
-  }
-  ipltest::helper_say("ready");
-  std::string line;
-  while (ipltest::helper_hear(&line)) {
-    std::istringstream words(line);
-    std::string verb;
-    std::string mode_word;
-    int64_t timeout_ms = 0;
-    words >> verb;
-    if (verb == "exit") break;
-    if (verb == "close") {
-      ipl_close(lock);
-      lock = nullptr;
-      ipltest::helper_say("closed");
-      continue;
-    }
-    words >> mode_word;
-    const std::optional<lock_mode> mode = mode_from_name(mode_word);
-    if (!mode) {
-      ipltest::helper_say("bad command: " + line);
-      continue;
-    }
-    if (verb == "acquire" && (words >> timeout_ms)) {
-      ipltest::helper_say("rc " + std::to_string(acquire_in_mode(lock, *mode, timeout_ms)));
-    } else if (verb == "release") {
-      ipltest::helper_say("rc " + std::to_string(release_in_mode(lock, *mode)));
-    } else {
-      ipltest::helper_say("bad command: " + line);
-    }
-  }
-  ipl_close(lock);
-  return 0;
-}
-
-// Not an ipl status: the agent did not answer in time, or answered nonsense.
-constexpr int kNoReply = 1000;
-
-// The test's side of a conflict_agent process.
-class lock_agent {
- public:
-  explicit lock_agent(const std::string &path)
-      : child_(child_process::helper("conflict_agent", {path})) {}
-
-  // True once the agent has opened its handle.
-  bool started() {
-    std::string got;
-    const bool ok = child_.expect_line("ready", kBound, &got);
-    if (!ok) ADD_FAILURE() << "agent did not start: " << got;
-    return ok;
-  }
-
-  void start_acquire(lock_mode mode, int64_t timeout_ms) {
-    child_.write_line(std::string("acquire ") + mode_name(mode) + " " + std::to_string(timeout_ms));
-  }
-  int acquire(lock_mode mode, int64_t timeout_ms) {
-    start_acquire(mode, timeout_ms);
-    return reply();
-  }
-  int release(lock_mode mode) {
-    child_.write_line(std::string("release ") + mode_name(mode));
-    return reply();
-  }
-  bool close_handle() {
-    child_.write_line("close");
-    return child_.expect_line("closed");
-  }
-
-  // The status the agent answers with, or kNoReply after `bound`.
-  int reply(std::chrono::milliseconds bound = kBound) {
-    std::string line;
-    if (!child_.read_line(&line, bound)) return kNoReply;
-    if (line.compare(0, 3, "rc ") != 0) {
-      ADD_FAILURE() << "agent said: " << line;
-      return kNoReply;
-    }
-    return std::atoi(line.c_str() + 3);
-  }
-
-  // True when the agent says nothing for `window` (e.g. it is still blocked).
-  bool silent_for(std::chrono::milliseconds window) { return child_.silent_for(window); }
-
- private:
-  child_process child_;
 };
 
 // ---- What others see ---------------------------------------------------------------

@@ -1,5 +1,7 @@
 #include "test_support.hpp"
 
+#include <gtest/gtest.h>
+
 #ifdef _WIN32
 #ifndef WIN32_LEAN_AND_MEAN
 #define WIN32_LEAN_AND_MEAN
@@ -28,6 +30,7 @@ extern char **environ;
 #include <filesystem>
 #include <map>
 #include <mutex>
+#include <sstream>
 #include <stdexcept>
 #include <thread>
 
@@ -617,5 +620,163 @@ int open_fd_count() {
   return int(count);
 }
 #endif  // _WIN32
+
+// ---- Lock modes and the lock agent ------------------------------------------
+
+const lock_mode kAllModes[3] = {lock_mode::exclusive, lock_mode::write, lock_mode::shared};
+
+const char *mode_name(lock_mode mode) {
+  switch (mode) {
+    case lock_mode::exclusive: return "exclusive";
+    case lock_mode::write: return "write";
+    case lock_mode::shared: return "shared";
+  }
+  return "?";
+}
+
+bool mode_from_name(const std::string &name, lock_mode *mode) {
+  for (lock_mode candidate : kAllModes) {
+    if (name == mode_name(candidate)) {
+      *mode = candidate;
+      return true;
+    }
+  }
+  return false;
+}
+
+bool modes_conflict(lock_mode held, lock_mode wanted) {
+  return !(held == lock_mode::shared && wanted == lock_mode::shared);
+}
+
+int acquire_in_mode(ipl_lock *lock, lock_mode mode, int64_t timeout_ms) {
+  switch (mode) {
+    case lock_mode::exclusive: return ipl_acquire(lock, timeout_ms);
+    case lock_mode::write: return ipl_acquire_write(lock, timeout_ms);
+    case lock_mode::shared: return ipl_acquire_read(lock, timeout_ms);
+  }
+  return IPL_E_INTERNAL;
+}
+
+int release_in_mode(ipl_lock *lock, lock_mode mode) {
+  switch (mode) {
+    case lock_mode::exclusive: return ipl_release(lock);
+    case lock_mode::write: return ipl_release_write(lock);
+    case lock_mode::shared: return ipl_release_read(lock);
+  }
+  return IPL_E_INTERNAL;
+}
+
+std::string status_text(int status) {
+  return std::to_string(status) + " (" + ipl_strerror(status) + ")";
+}
+
+namespace {
+
+// args: PATH FLAGS CREATE_MODE. Says "opened" or "open-failed STATUS", then
+// obeys, one per line: "acquire MODE TIMEOUT_MS" and "release MODE" answer
+// "rc STATUS"; "close" (ipl_close) answers "closed"; "exit" or EOF ends it.
+IPL_TEST_HELPER(lock_agent) {
+  if (args.size() != 3) return 2;
+  const uint32_t flags = uint32_t(std::stoul(args[1]));
+  const int create_mode = std::stoi(args[2]);
+  ipl_lock *lock = nullptr;
+  const int opened =
+      create_mode < 0
+          ? ipl_open_ex(args[0].c_str(), flags, &lock, nullptr)
+          : ipl_open_mode(args[0].c_str(), flags, uint32_t(create_mode), &lock, nullptr);
+  if (opened != IPL_OK) {
+    helper_say("open-failed " + std::to_string(opened));
+    return 3;
+  }
+  helper_say("opened");
+  std::string line;
+  while (helper_hear(&line)) {
+    std::istringstream words(line);
+    std::string verb;
+    std::string mode_word;
+    int64_t timeout_ms = 0;
+    words >> verb;
+    if (verb == "exit") break;
+    if (verb == "close") {
+      ipl_close(lock);
+      lock = nullptr;
+      helper_say("closed");
+      continue;
+    }
+    words >> mode_word;
+    lock_mode mode = lock_mode::exclusive;
+    if (!mode_from_name(mode_word, &mode)) {
+      helper_say("bad command: " + line);
+      continue;
+    }
+    if (verb == "acquire" && (words >> timeout_ms)) {
+      helper_say("rc " + std::to_string(acquire_in_mode(lock, mode, timeout_ms)));
+    } else if (verb == "release") {
+      helper_say("rc " + std::to_string(release_in_mode(lock, mode)));
+    } else {
+      helper_say("bad command: " + line);
+    }
+  }
+  ipl_close(lock);
+  return 0;
+}
+
+}  // namespace
+
+lock_agent::lock_agent(const std::string &path, uint32_t open_flags, int create_mode)
+    : child_(child_process::helper(
+          "lock_agent", {path, std::to_string(open_flags), std::to_string(create_mode)})) {}
+
+bool lock_agent::started() {
+  std::string line;
+  if (!child_.read_line(&line)) {
+    ADD_FAILURE() << "lock agent did not start";
+    return false;
+  }
+  if (line == "opened") {
+    open_status_ = IPL_OK;
+    return true;
+  }
+  if (line.compare(0, 12, "open-failed ") == 0) open_status_ = std::atoi(line.c_str() + 12);
+  ADD_FAILURE() << "lock agent: " << line;
+  return false;
+}
+
+void lock_agent::start_acquire(lock_mode mode, int64_t timeout_ms) {
+  child_.write_line(std::string("acquire ") + mode_name(mode) + " " + std::to_string(timeout_ms));
+}
+
+int lock_agent::acquire(lock_mode mode, int64_t timeout_ms, std::chrono::milliseconds bound) {
+  start_acquire(mode, timeout_ms);
+  return reply(bound);
+}
+
+int lock_agent::release(lock_mode mode) {
+  child_.write_line(std::string("release ") + mode_name(mode));
+  return reply();
+}
+
+bool lock_agent::close_handle() {
+  child_.write_line("close");
+  return child_.expect_line("closed");
+}
+
+int lock_agent::reply(std::chrono::milliseconds bound) {
+  std::string line;
+  if (!child_.read_line(&line, bound)) return kNoReply;
+  if (line.compare(0, 3, "rc ") != 0) {
+    ADD_FAILURE() << "lock agent said: " << line;
+    return kNoReply;
+  }
+  return std::atoi(line.c_str() + 3);
+}
+
+int try_from_other_process(const std::string &path, lock_mode mode) {
+  lock_agent prober(path);
+  if (!prober.started()) return kNoReply;
+  const int status = prober.acquire(mode, 0);
+  if (status == IPL_OK) prober.release(mode);
+  return status;
+}
 
 }  // namespace ipltest

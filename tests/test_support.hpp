@@ -10,8 +10,11 @@
 #endif
 
 #include <chrono>
+#include <cstdint>
 #include <string>
 #include <vector>
+
+#include "ipl/ipl.h"
 
 #ifdef _WIN32
 // Windows has no SIGKILL; child_process::send_signal(SIGKILL) ends the child
@@ -141,6 +144,64 @@ int count_handles_on_file(const std::string &path);
 
 // The path of the running test binary.
 std::string self_exe();
+
+// ---- Lock modes and the lock agent ----------------------------------------
+
+// ipl_acquire and ipl_acquire_write are distinct entry points of one mode, so
+// tests that list every entry point keep them apart.
+enum class lock_mode { exclusive, write, shared };
+extern const lock_mode kAllModes[3];
+
+const char *mode_name(lock_mode mode);
+// False for a name that is not one of mode_name()'s.
+bool mode_from_name(const std::string &name, lock_mode *mode);
+// The documented rule: only shared vs shared coexists.
+bool modes_conflict(lock_mode held, lock_mode wanted);
+// The ipl_* entry point that takes / releases `mode`.
+int acquire_in_mode(ipl_lock *lock, lock_mode mode, int64_t timeout_ms);
+int release_in_mode(ipl_lock *lock, lock_mode mode);
+// "12 (text of ipl_strerror)"
+std::string status_text(int status);
+
+// Not an ipl status: the agent did not answer in time, or answered nonsense.
+constexpr int kNoReply = 1000;
+
+// The one helper process for "a lock held somewhere else": a child process
+// (the test binary re-executed) with its own handle on `path`, driven one
+// command at a time. Each call waits for the agent's answer (bounded).
+class lock_agent {
+ public:
+  // open_flags / create_mode: as ipl_open_mode (create_mode < 0: ipl_open_ex).
+  explicit lock_agent(const std::string &path, uint32_t open_flags = 0, int create_mode = -1);
+
+  // True once the agent has opened its handle (else records a failure; the
+  // open status is then in open_status()).
+  bool started();
+  int open_status() const { return open_status_; }
+
+  // ipl_acquire* in the agent; the status, or kNoReply after `bound`.
+  int acquire(lock_mode mode, int64_t timeout_ms, std::chrono::milliseconds bound = kBound);
+  // Sends the acquire without waiting for its answer (read it with reply()).
+  void start_acquire(lock_mode mode, int64_t timeout_ms);
+  int release(lock_mode mode);
+  // ipl_close in the agent (the process lives on); true when it answered.
+  bool close_handle();
+  // The status the agent answers with, or kNoReply after `bound`.
+  int reply(std::chrono::milliseconds bound = kBound);
+  // True when the agent says nothing for `window` (e.g. it is still blocked).
+  bool silent_for(std::chrono::milliseconds window) { return child_.silent_for(window); }
+
+  child_process &process() { return child_; }
+
+ private:
+  child_process child_;
+  int open_status_ = kNoReply;
+};
+
+// One try (timeout 0) from a fresh process: IPL_OK (it was free; the prober
+// released it again), IPL_E_TIMEOUT (held elsewhere), another status, or
+// kNoReply.
+int try_from_other_process(const std::string &path, lock_mode mode);
 
 }  // namespace ipltest
 

@@ -51,37 +51,6 @@ namespace {
 
 // ---- Small tools -------------------------------------------------------------
 
-enum class lock_mode { exclusive, shared };
-
-const char *mode_name(lock_mode mode) {
-  return mode == lock_mode::exclusive ? "exclusive" : "shared";
-}
-
-bool parse_mode(const std::string &name, lock_mode *mode) {
-  if (name == "exclusive") {
-    *mode = lock_mode::exclusive;
-    return true;
-  }
-  if (name == "shared") {
-    *mode = lock_mode::shared;
-    return true;
-  }
-  return false;
-}
-
-int acquire_in(ipl_lock *lock, lock_mode mode, int64_t timeout_ms) {
-  return mode == lock_mode::exclusive ? ipl_acquire(lock, timeout_ms)
-                                      : ipl_acquire_read(lock, timeout_ms);
-}
-
-int release_in(ipl_lock *lock, lock_mode mode) {
-  return mode == lock_mode::exclusive ? ipl_release(lock) : ipl_release_read(lock);
-}
-
-std::string status_text(int status) {
-  return std::to_string(status) + " (" + ipl_strerror(status) + ")";
-}
-
 struct lock_closer {
   void operator()(ipl_lock *lock) const { ipl_close(lock); }
 };
@@ -218,7 +187,7 @@ class background_acquire {
     std::shared_ptr<shared_state> state = state_;
     waiter_ = std::thread([state, mode, timeout_ms] {
       const steady_clock::time_point start = steady_clock::now();
-      const int status = acquire_in(state->lock, mode, timeout_ms);
+      const int status = acquire_in_mode(state->lock, mode, timeout_ms);
       const int64_t elapsed = nanoseconds_since(start);
       std::lock_guard<std::mutex> guard(state->mutex);
       state->status = status;
@@ -310,14 +279,14 @@ class background_acquire {
 // or "release-after MS" (says "released"); exits when the test goes away.
 IPL_TEST_HELPER(wait_hold) {
   lock_mode mode = lock_mode::exclusive;
-  if (args.size() != 2 || !parse_mode(args[1], &mode)) return 2;
+  if (args.size() != 2 || !mode_from_name(args[1], &mode)) return 2;
   ipl_lock *lock = nullptr;
   int status = ipl_open(args[0].c_str(), 0, &lock);
   if (status != IPL_OK) {
     helper_say("error open " + status_text(status));
     return 1;
   }
-  status = acquire_in(lock, mode, 0);
+  status = acquire_in_mode(lock, mode, 0);
   if (status != IPL_OK) {
     helper_say("error acquire " + status_text(status));
     ipl_close(lock);
@@ -333,7 +302,7 @@ IPL_TEST_HELPER(wait_hold) {
       command = "release";
     }
     if (command == "release") {
-      status = release_in(lock, mode);
+      status = release_in_mode(lock, mode);
       helper_say(status == IPL_OK ? "released" : "error release " + status_text(status));
     }
   }
@@ -345,14 +314,14 @@ IPL_TEST_HELPER(wait_hold) {
 // (IPL_E_TIMEOUT) or an error.
 IPL_TEST_HELPER(wait_try) {
   lock_mode mode = lock_mode::exclusive;
-  if (args.size() != 2 || !parse_mode(args[1], &mode)) return 2;
+  if (args.size() != 2 || !mode_from_name(args[1], &mode)) return 2;
   ipl_lock *lock = nullptr;
   int status = ipl_open(args[0].c_str(), 0, &lock);
   if (status != IPL_OK) {
     helper_say("error open " + status_text(status));
     return 1;
   }
-  status = acquire_in(lock, mode, 0);
+  status = acquire_in_mode(lock, mode, 0);
   if (status == IPL_OK)
     helper_say("free");
   else if (status == IPL_E_TIMEOUT)
@@ -447,7 +416,7 @@ try_burst_result run_try_burst(ipl_lock *lock, lock_mode mode) {
   int statuses[kCalls];
   try_burst_result result;
   result.calls = kCalls;
-  const int warm_up = acquire_in(lock, mode, 0);
+  const int warm_up = acquire_in_mode(lock, mode, 0);
   if (warm_up != IPL_E_TIMEOUT) {
     result.not_timeout = 1;
     result.first_unexpected = warm_up;
@@ -458,7 +427,7 @@ try_burst_result run_try_burst(ipl_lock *lock, lock_mode mode) {
   getrusage(RUSAGE_THREAD, &before);
 #endif
   const steady_clock::time_point start = steady_clock::now();
-  for (int i = 0; i < kCalls; ++i) statuses[i] = acquire_in(lock, mode, 0);
+  for (int i = 0; i < kCalls; ++i) statuses[i] = acquire_in_mode(lock, mode, 0);
   result.elapsed_ns = nanoseconds_since(start);
 #ifndef _WIN32
   getrusage(RUSAGE_THREAD, &after);
@@ -540,7 +509,7 @@ namespace {
 // has passed on the monotonic clock (exact), and not much after (+2 s).
 void expect_times_out_on_time(ipl_lock *lock, lock_mode mode, int64_t timeout_ms) {
   const steady_clock::time_point start = steady_clock::now();
-  const int status = acquire_in(lock, mode, timeout_ms);
+  const int status = acquire_in_mode(lock, mode, timeout_ms);
   const int64_t elapsed_ns = nanoseconds_since(start);
   const int64_t timeout_ns = timeout_ms * kNanosPerMilli;
   EXPECT_EQ(status, IPL_E_TIMEOUT)
@@ -904,7 +873,7 @@ TEST(WaitDescriptors, OtherHandlesOpenedAndClosedKeepTheLock) {
     lock_handle opened_before = open_lock(path);
     lock_handle holder = open_lock(path);
     ASSERT_TRUE(opened_before && holder);
-    ASSERT_EQ(acquire_in(holder.get(), held, 0), IPL_OK);
+    ASSERT_EQ(acquire_in_mode(holder.get(), held, 0), IPL_OK);
     ASSERT_EQ(probe_from_other_process(path, lock_mode::exclusive), "busy");
 
     opened_before.reset();
@@ -946,7 +915,7 @@ TEST(WaitDescriptors, OtherHandlesOpenedAndClosedKeepTheLock) {
 #endif
 
     // Control: the prober does see the lock go.
-    ASSERT_EQ(release_in(holder.get(), held), IPL_OK);
+    ASSERT_EQ(release_in_mode(holder.get(), held), IPL_OK);
     EXPECT_EQ(probe_from_other_process(path, lock_mode::exclusive), "free");
   }
 }
@@ -966,7 +935,7 @@ TEST(WaitDescriptors, UnrelatedCloseBehindTheLibrarysBackKeepsTheLock) {
     const std::string alias = dir.path("alias");
     lock_handle holder = open_lock(path);
     ASSERT_TRUE(holder);
-    ASSERT_EQ(acquire_in(holder.get(), held, 0), IPL_OK);
+    ASSERT_EQ(acquire_in_mode(holder.get(), held, 0), IPL_OK);
     ASSERT_EQ(probe_from_other_process(path, lock_mode::exclusive), "busy");
 
     for (int flags : {O_RDONLY, O_RDWR}) {
@@ -991,7 +960,7 @@ TEST(WaitDescriptors, UnrelatedCloseBehindTheLibrarysBackKeepsTheLock) {
         << "after open()+close() of a hard link of the file";
 
     // Control: the prober does see the lock go.
-    ASSERT_EQ(release_in(holder.get(), held), IPL_OK);
+    ASSERT_EQ(release_in_mode(holder.get(), held), IPL_OK);
     EXPECT_EQ(probe_from_other_process(path, lock_mode::exclusive), "free");
   }
 }
@@ -1041,7 +1010,7 @@ TEST(WaitDescriptors, ExecdChildHasNoLockDescriptor) {
     const std::string path = dir.path("lock");
     lock_handle lock = open_lock(path);
     ASSERT_TRUE(lock);
-    ASSERT_EQ(acquire_in(lock.get(), held, 0), IPL_OK);
+    ASSERT_EQ(acquire_in_mode(lock.get(), held, 0), IPL_OK);
     child_process scanner = child_process::helper("wait_scan_fds", {path});
     EXPECT_TRUE(says(scanner, "lock-file-fds 0 self-check 1"));
     EXPECT_EQ(describe_status(scanner.wait()), 0);

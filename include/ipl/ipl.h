@@ -31,6 +31,28 @@
  *     IPL_WAIT_FOREVER blocks until the lock is granted. Signals never
  *     shorten or break a wait.
  *     Any other negative value is IPL_E_INVALID.
+ *   - fork(): a lock belongs to the process that took it and is never
+ *     inherited. In a child made by fork() without exec, every handle
+ *     inherited from the parent holds nothing: releasing it is
+ *     IPL_E_NOT_HELD, closing it never touches the parent's lock, and
+ *     acquiring on it reopens the lock file's path and works as on a handle
+ *     fresh from ipl_open() (or fails as ipl_open would). At the fork,
+ *     libipl's pthread_atfork handler closes the child's copies of every
+ *     lock descriptor, so the parent's release, close or death frees the
+ *     lock whatever its children do. glibc's _Fork() (and a raw clone()
+ *     without CLONE_VM) runs no atfork handlers: libipl still notices the
+ *     fork at the child's first libipl call on Linux >= 4.14 (a
+ *     MADV_WIPEONFORK page) and then closes those copies; until that call,
+ *     or exec, or exit, such a child keeps the parent's OFD locks alive. A
+ *     _Fork() made while another thread was inside a libipl call leaves
+ *     that call's internal mutex locked in the child, as with any mutex.
+ *   - The lock file's path: a lock is a lock on the file the path names.
+ *     After the OS grants a lock, libipl checks that the path still names
+ *     the locked file (one stat()); if the file was removed or replaced
+ *     meanwhile, it lets go, reopens the path (creating the file as the
+ *     open flags allow) and waits again, within the same timeout. A
+ *     relative path is made absolute when the handle is opened, so a later
+ *     chdir() changes nothing.
  *   - Thread safety: every function may be called from any thread. A handle
  *     is not tied to a thread: a lock taken in one thread may be released
  *     from another (Go moves goroutines between threads). Concurrent calls
@@ -65,11 +87,11 @@
  * changes if the ABI is ever broken, which this project promises not to do. */
 #define IPL_ABI_VERSION 1
 #define IPL_VERSION_MAJOR 0
-#define IPL_VERSION_MINOR 1
+#define IPL_VERSION_MINOR 2
 #define IPL_VERSION_PATCH 0
 #define IPL_VERSION_NUMBER \
   (IPL_VERSION_MAJOR * 10000 + IPL_VERSION_MINOR * 100 + IPL_VERSION_PATCH)
-#define IPL_VERSION_STRING "0.1.0"
+#define IPL_VERSION_STRING "0.2.0"
 
 #ifdef __cplusplus
 extern "C" {
@@ -92,7 +114,9 @@ extern "C" {
  * upgraded. Returned at once, even with IPL_WAIT_FOREVER. */
 #define IPL_E_WOULD_DEADLOCK (-4)
 /* The OS denied access to the lock file or a parent folder (EACCES, EPERM,
- * EROFS). */
+ * EROFS). From an exclusive acquire: the handle could only open the lock
+ * file read-only (see ipl_open), and an exclusive lock needs write access;
+ * ipl_os_error() then gives the errno of the read-write open. */
 #define IPL_E_ACCESS (-5)
 /* The path names a directory, FIFO, device or socket, not a regular file. */
 #define IPL_E_NOT_REGULAR_FILE (-6)
@@ -131,7 +155,15 @@ typedef struct ipl_lock ipl_lock;
  * ipl_open opens (by default creating) the lock file at `path` and stores a
  * new handle in *out. The handle holds no lock yet. The file is never written
  * to and never truncated. Its descriptor is close-on-exec (on Windows: not
- * inheritable): it never reaches child processes. Opening a FIFO never
+ * inheritable): it never reaches child processes; on POSIX it is never 0, 1
+ * or 2, so a program started with closed standard streams never writes
+ * into the lock file.
+ *
+ * Access: the file is opened for reading and writing. When that is denied
+ * (a lock file another user created, a read-only file system), it is
+ * opened read-only instead: such a handle takes shared locks, and an
+ * exclusive acquire on it is IPL_E_ACCESS. A file that can be opened
+ * neither way is IPL_E_ACCESS from ipl_open. Opening a FIFO never
  * blocks: it fails with IPL_E_NOT_REGULAR_FILE, as do DOS device names
  * (NUL, CON, COM1, ...) on Windows, which are never opened. On Windows a
  * path that is not valid UTF-8 is IPL_E_OS (ERROR_NO_UNICODE_TRANSLATION).
@@ -150,6 +182,18 @@ IPL_API int ipl_open(const char *path, uint32_t flags, ipl_lock **out);
 IPL_API int ipl_open_ex(const char *path, uint32_t flags, ipl_lock **out,
                         int *os_error);
 
+/* ipl_open_ex, choosing the permissions of what it creates. create_mode
+ * (0 to 0777, e.g. 0664 for a lock file shared by a group) is given exactly
+ * to a lock file this call creates, whatever the process umask (libipl
+ * never changes the umask: it sets the mode with fchmod() on the file it
+ * has just created). Parent folders it creates get create_mode plus search
+ * (x) permission wherever create_mode gives read (0664 -> 0775). An
+ * existing file or folder is never changed. On Windows create_mode is
+ * checked and otherwise ignored (files inherit their folder's ACL).
+ * Returns as ipl_open_ex; IPL_E_INVALID also for create_mode > 0777. */
+IPL_API int ipl_open_mode(const char *path, uint32_t flags, uint32_t create_mode,
+                          ipl_lock **out, int *os_error);
+
 /* Releases whatever the handle holds, closes the file and frees the handle.
  * NULL is a harmless no-op. Must not race with other calls on this handle. */
 IPL_API void ipl_close(ipl_lock *lock);
@@ -158,7 +202,12 @@ IPL_API void ipl_close(ipl_lock *lock);
  * ipl_acquire takes the exclusive lock, waiting as timeout_ms says.
  * Returns IPL_OK; IPL_E_TIMEOUT; IPL_E_INVALID (NULL handle, bad timeout);
  * IPL_E_WOULD_DEADLOCK (this handle holds the lock already, in any mode);
- * IPL_E_OS (e.g. ENOLCK; see ipl_os_error()). */
+ * IPL_E_ACCESS (the handle is read-only, see ipl_open); IPL_E_OS (e.g.
+ * ENOLCK, or ESTALE when the lock file was replaced more than 100 times
+ * during one call; see ipl_os_error()). When the lock file had to be
+ * reopened (it was removed or replaced, or the handle came from the parent
+ * of a forked child), also any status of ipl_open, e.g. IPL_E_OS with
+ * ENOENT under IPL_OPEN_NO_CREATE. */
 IPL_API int ipl_acquire(ipl_lock *lock, int64_t timeout_ms);
 
 /* Releases the exclusive lock. IPL_E_NOT_HELD when the handle holds no lock

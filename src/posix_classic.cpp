@@ -1,0 +1,288 @@
+// posix_classic.cpp — the portable POSIX backend: classic fcntl locks plus a
+// per-process inode table (macOS, the BSDs; on Linux with
+// -Dposix_locks=classic).
+//
+// What the OS gives
+//   Classic ("process-associated") fcntl record locks, the ones fasteners
+//   takes: whole-file F_WRLCK / F_RDLCK, dropped when the process dies.
+//
+// What it gets wrong
+//   The lock belongs to the process, not to a descriptor: two handles in one
+//   process never conflict, a second lock request from the same process
+//   silently converts the first, and closing ANY descriptor of the file drops
+//   ALL the process's locks on it — even a descriptor some unrelated library
+//   opened. POSIX advisory locks are broken by design for any program with
+//   threads or libraries. A forked child holds none of its parent's locks.
+//
+// What we do about it
+//   We arbitrate inside the process, as SQLite's unix VFS does: an
+//   `inode_table` keyed by (st_dev, st_ino) records which handles of this
+//   process hold the file shared or exclusive; only the first sharer and the
+//   exclusive holder talk to the kernel. A handle closed while another
+//   handle of the process holds a lock on the same inode has its descriptor
+//   parked (closing it would drop that lock) until the inode is unlocked,
+//   and a handle opened meanwhile on the same inode takes a parked
+//   descriptor instead of opening a new one, so opening and closing handles
+//   never grows the descriptor count. A close() behind the library's back
+//   still drops the lock: no classic-lock design can prevent that.
+//
+//   After fork() the child starts with an empty table (its own, new one):
+//   it holds nothing, and the parent's entries, counts and waiters mean
+//   nothing there. The parent's table is left untouched in the child's
+//   memory rather than destroyed, because its condition variables may have
+//   had waiters (threads of the parent) that do not exist in the child.
+#include <fcntl.h>
+#include <sys/types.h>
+
+#include <condition_variable>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "posix_fcntl.hpp"
+
+namespace ipl::detail {
+namespace {
+
+using posix::opened_file;
+
+constexpr posix::lock_commands kClassicCommands{F_SETLK, F_SETLKW};
+
+// A descriptor of a closed handle, kept open while the process holds a lock
+// on its inode.
+struct parked_descriptor {
+  int fd;
+  bool writable;
+};
+
+// What this process holds on one inode, across all its handles.
+struct inode_state {
+  int handles = 0;            // open handles on this inode
+  int shared_holders = 0;     // handles holding it shared
+  bool exclusive_held = false;
+  bool kernel_busy = false;   // a thread is taking the kernel lock right now
+  std::vector<parked_descriptor> parked;
+  std::condition_variable changed;
+
+  bool unlocked() const { return shared_holders == 0 && !exclusive_held && !kernel_busy; }
+};
+
+class inode_table {
+ public:
+  using key = std::pair<dev_t, ino_t>;
+
+  // `before_fork`: the parent's table, kept reachable (see the top).
+  explicit inode_table(inode_table *before_fork = nullptr) : before_fork_(before_fork) {}
+
+  std::mutex mutex;
+
+  inode_state &join(key k) {
+    auto &slot = entries_[k];
+    if (!slot) slot = std::make_unique<inode_state>();
+    ++slot->handles;
+    return *slot;
+  }
+  void leave(key k) {
+    auto found = entries_.find(k);
+    if (--found->second->handles == 0) entries_.erase(found);
+  }
+  inode_state *find(key k) {
+    const auto found = entries_.find(k);
+    return found == entries_.end() ? nullptr : found->second.get();
+  }
+
+ private:
+  std::map<key, std::unique_ptr<inode_state>> entries_;
+  inode_table *before_fork_;
+};
+
+// Never destroyed: handles may be closed from static destructors. Replaced
+// (not destroyed) in a forked child.
+inode_table *current_table = new inode_table;
+
+// Closing any descriptor of the inode drops the process's classic locks, so
+// parked descriptors are closed only once nothing is locked.
+void close_parked_if_unlocked(inode_state &inode) {
+  if (!inode.unlocked()) return;
+  for (const parked_descriptor &parked : inode.parked) posix::close_registered(parked.fd);
+  inode.parked.clear();
+}
+
+// posix::reuse_hook: a parked descriptor on (dev, ino), preferring one
+// opened for writing.
+int take_parked(dev_t dev, ino_t ino, bool *writable) {
+  inode_table &table = *current_table;
+  std::lock_guard<std::mutex> guard(table.mutex);
+  inode_state *inode = table.find({dev, ino});
+  if (!inode || inode->parked.empty()) return -1;
+  auto chosen = inode->parked.end() - 1;
+  for (auto it = inode->parked.begin(); it != inode->parked.end(); ++it) {
+    if (it->writable) chosen = it;
+  }
+  const parked_descriptor taken = *chosen;
+  inode->parked.erase(chosen);
+  *writable = taken.writable;
+  return taken.fd;
+}
+
+class classic_lock_file final : public lock_file {
+ public:
+  classic_lock_file(std::string path, uint32_t flags, int create_mode)
+      : path_(std::move(path)), flags_(flags), create_mode_(create_mode) {}
+
+  ~classic_lock_file() override { leave_inode(); }
+
+  os_result open() {
+    const os_result opened = posix::open_file(path_, flags_, create_mode_, &take_parked, &file_);
+    if (opened.status != IPL_OK) return opened;
+    table_ = current_table;
+    std::lock_guard<std::mutex> guard(table_->mutex);
+    inode_ = &table_->join(key());
+    return {};
+  }
+
+  os_result lock(lock_mode mode, const wait_deadline &deadline) override {
+    std::unique_lock<std::mutex> guard(table_->mutex);
+    for (;;) {
+      const bool compatible = mode == lock_mode::shared
+                                  ? !inode_->exclusive_held
+                                  : !inode_->exclusive_held && inode_->shared_holders == 0;
+      if (compatible && !inode_->kernel_busy) {
+        if (mode == lock_mode::shared && inode_->shared_holders > 0) {
+          // The process already holds the kernel's read lock.
+          ++inode_->shared_holders;
+          holding_ = true;
+          mode_ = mode;
+          return {};
+        }
+        return take_kernel_lock(guard, mode, deadline);
+      }
+      // Another handle of this process holds a conflicting lock, or is
+      // talking to the kernel: wait for it to change its state.
+      if (deadline.is_try_once()) return posix::failure(IPL_E_TIMEOUT, 0);
+      if (deadline.is_forever()) {
+        inode_->changed.wait(guard);
+      } else if (inode_->changed.wait_until(guard, deadline.when()) == std::cv_status::timeout &&
+                 deadline.expired()) {
+        return posix::failure(IPL_E_TIMEOUT, 0);
+      }
+    }
+  }
+
+  os_result unlock() override {
+    std::lock_guard<std::mutex> guard(table_->mutex);
+    return release_locked();
+  }
+
+  bool writable() const override { return file_.writable; }
+  int write_denied_error() const override { return file_.write_denied_error; }
+
+  os_result still_at_path(bool *same) override {
+    return posix::still_names(path_, file_.dev, file_.ino, same);
+  }
+
+  os_result reopen() override {
+    leave_inode();
+    return open();
+  }
+
+  bool inherited() const override {
+    return file_.fd >= 0 && file_.token != posix::process_token();
+  }
+
+ private:
+  inode_table::key key() const { return {file_.dev, file_.ino}; }
+
+  os_result take_kernel_lock(std::unique_lock<std::mutex> &guard, lock_mode mode,
+                             const wait_deadline &deadline) {
+    inode_->kernel_busy = true;
+    guard.unlock();
+    const os_result result = posix::set_lock(file_, kClassicCommands, mode, deadline);
+    guard.lock();
+    inode_->kernel_busy = false;
+    if (result.status == IPL_OK) {
+      if (mode == lock_mode::shared) {
+        inode_->shared_holders = 1;
+      } else {
+        inode_->exclusive_held = true;
+      }
+      holding_ = true;
+      mode_ = mode;
+    } else {
+      close_parked_if_unlocked(*inode_);
+    }
+    inode_->changed.notify_all();
+    return result;
+  }
+
+  // Called with the table mutex held.
+  os_result release_locked() {
+    bool last_holder = true;
+    if (mode_ == lock_mode::shared) {
+      last_holder = --inode_->shared_holders == 0;
+    } else {
+      inode_->exclusive_held = false;
+    }
+    holding_ = false;
+    os_result result;
+    if (last_holder) result = posix::clear_lock(file_.fd, kClassicCommands.try_cmd);
+    close_parked_if_unlocked(*inode_);
+    inode_->changed.notify_all();
+    return result;
+  }
+
+  // Releases what the handle holds and gives up its descriptor: closed, or
+  // parked while the process holds a lock on the inode. In a forked child
+  // the descriptor and the table entry were the parent's: nothing to do.
+  void leave_inode() {
+    if (file_.fd < 0) return;
+    if (!inherited()) {
+      std::lock_guard<std::mutex> guard(table_->mutex);
+      if (holding_) release_locked();
+      if (inode_->unlocked()) {
+        posix::close_registered(file_.fd);
+      } else {
+        inode_->parked.push_back(parked_descriptor{file_.fd, file_.writable});
+      }
+      if (inode_->handles == 1) close_parked_if_unlocked(*inode_);
+      table_->leave(key());
+    }
+    file_ = opened_file{};
+    inode_ = nullptr;
+    holding_ = false;
+  }
+
+  std::string path_;
+  uint32_t flags_;
+  int create_mode_;
+  opened_file file_;
+  inode_table *table_ = nullptr;  // the table this handle joined
+  inode_state *inode_ = nullptr;
+  bool holding_ = false;
+  lock_mode mode_ = lock_mode::shared;
+};
+
+}  // namespace
+
+namespace posix {
+void kind_prepare_fork() { current_table->mutex.lock(); }
+void kind_after_fork_parent() { current_table->mutex.unlock(); }
+// Parked descriptors were registered: posix_fcntl.cpp has closed them.
+void kind_after_fork_child() { current_table = new inode_table(current_table); }
+}  // namespace posix
+
+os_result open_lock_file(const open_request &request, std::unique_ptr<lock_file> *out) {
+  auto file = std::make_unique<classic_lock_file>(posix::absolute_path(request.path),
+                                                  request.flags, request.create_mode);
+  const os_result opened = file->open();
+  if (opened.status != IPL_OK) return opened;
+  *out = std::move(file);
+  return {};
+}
+
+const char *backend_name() { return "posix-classic"; }
+
+}  // namespace ipl::detail

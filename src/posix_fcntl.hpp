@@ -1,0 +1,97 @@
+// What the two POSIX lock kinds share (posix_fcntl.cpp): opening the lock
+// file, the descriptors libipl owns across fork(), the path identity check,
+// and waiting for an fcntl lock. posix_ofd.cpp (Linux open-file-description
+// locks) and posix_classic.cpp (classic fcntl locks plus the per-process
+// inode table) each build a lock_file on top; Meson compiles exactly one.
+#ifndef IPL_SRC_POSIX_FCNTL_HPP
+#define IPL_SRC_POSIX_FCNTL_HPP
+
+#include <sys/types.h>
+
+#include <string>
+
+#include "platform.hpp"
+
+namespace ipl::detail::posix {
+
+// ---- Errors ------------------------------------------------------------------
+
+os_result failure(int status, int err);
+// Maps an errno from open()/mkdir()/stat() to a named status.
+os_result open_failure(int err);
+// Maps an errno from a lock operation.
+os_result lock_failure(int err);
+
+// ---- Descriptors libipl owns ---------------------------------------------------
+
+// An open lock file: a registered descriptor and what is known about it.
+struct opened_file {
+  int fd = -1;
+  dev_t dev = 0;
+  ino_t ino = 0;
+  bool writable = true;
+  int write_denied_error = 0;  // errno of the refused O_RDWR open
+  bool interruptible = true;   // a signal ends a blocking lock wait on it
+  uint64_t token = 0;          // process_token() when it was opened
+};
+
+// The lock kind's hook into opening: a descriptor the process already has
+// on (dev, ino) that the new handle may take over instead of opening the
+// file again (the classic backend's parked descriptors; *writable says how
+// it was opened), or -1.
+using reuse_hook = int (*)(dev_t dev, ino_t ino, bool *writable);
+
+// Opens `path` (absolute) as open_lock_file() documents in platform.hpp and
+// ipl.h: regular files only, O_RDWR with a read-only fallback, the creation
+// mode, parent folders, a descriptor >= 3, close-on-exec, registered.
+os_result open_file(const std::string &path, uint32_t flags, int create_mode, reuse_hook reuse,
+                    opened_file *out);
+
+// `path` made absolute against the current directory (as given when
+// getcwd() fails), so that a later chdir() cannot change what it names.
+std::string absolute_path(const char *path);
+
+// Closes a registered descriptor (it leaves the registry first).
+void close_registered(int fd);
+
+// Adds / removes a descriptor the lock kind manages itself (the classic
+// backend's parked descriptors stay registered while parked).
+void register_descriptor(int fd);
+
+// Does `path` still name (dev, ino)? *same = false when it names nothing or
+// another file; an OS failure (EACCES, ELOOP, ...) is returned.
+os_result still_names(const std::string &path, dev_t dev, ino_t ino, bool *same);
+
+// ---- fork() --------------------------------------------------------------------
+
+// A number that differs in every child forked from this process (see the
+// top of posix_fcntl.cpp). Calling it first in a child whose fork ran no
+// atfork handlers resets libipl's state there.
+uint64_t process_token();
+
+// The lock kind's part of the fork handlers (posix_ofd.cpp: nothing;
+// posix_classic.cpp: its inode table). Called with the fork barrier held:
+// prepare locks the kind's mutexes, parent unlocks them, child resets its
+// state (only the forking thread exists; the child holds no lock).
+void kind_prepare_fork();
+void kind_after_fork_parent();
+void kind_after_fork_child();
+
+// ---- Taking the kernel lock ----------------------------------------------------
+
+// The fcntl commands of one lock kind.
+struct lock_commands {
+  int try_cmd;
+  int wait_cmd;
+};
+
+// Takes the whole-file lock: a forever wait blocks in the kernel; otherwise
+// one try, then (timed) a kernel wait ended by the wait signal at the
+// deadline where that works on this file, else polling with back-off.
+os_result set_lock(const opened_file &file, lock_commands cmds, lock_mode mode,
+                   const wait_deadline &deadline);
+os_result clear_lock(int fd, int try_cmd);
+
+}  // namespace ipl::detail::posix
+
+#endif  // IPL_SRC_POSIX_FCNTL_HPP

@@ -1,0 +1,115 @@
+// posix_ofd.cpp — the Linux backend: open-file-description (OFD) locks.
+//
+// What the OS gives
+//   Linux >= 3.15 has F_OFD_SETLK / F_OFD_SETLKW: the same whole-file record
+//   locks as classic fcntl locks, conflicting with them (so fasteners still
+//   sees ours), but owned by the open file description instead of the
+//   process.
+//
+// What classic locks get wrong, and why OFD locks fix it
+//   Classic locks belong to the process: two handles in one process never
+//   conflict, a second request silently converts the first, and closing ANY
+//   descriptor of the file drops ALL the process's locks on it. Each libipl
+//   handle opens its own description, so handles exclude each other like
+//   processes, and an unrelated close() drops nothing.
+//
+// What OFD locks get wrong, and what we do about it
+//   A description outlives the descriptor that made it as long as any copy
+//   exists: a forked child's copy keeps the lock alive after the parent
+//   closes it or dies, and the child's unlock drops the parent's lock.
+//   posix_fcntl.cpp closes the child's copies at fork time; here a handle
+//   also unlocks explicitly before closing, so a release by close never
+//   depends on other copies being gone.
+#include <fcntl.h>
+
+#include <memory>
+#include <string>
+
+#include "posix_fcntl.hpp"
+
+namespace ipl::detail {
+namespace {
+
+using posix::opened_file;
+
+constexpr posix::lock_commands kOfdCommands{F_OFD_SETLK, F_OFD_SETLKW};
+
+class ofd_lock_file final : public lock_file {
+ public:
+  ofd_lock_file(std::string path, uint32_t flags, int create_mode)
+      : path_(std::move(path)), flags_(flags), create_mode_(create_mode) {}
+
+  ~ofd_lock_file() override { drop_descriptor(); }
+
+  os_result open() { return posix::open_file(path_, flags_, create_mode_, nullptr, &file_); }
+
+  os_result lock(lock_mode mode, const wait_deadline &deadline) override {
+    const os_result result = posix::set_lock(file_, kOfdCommands, mode, deadline);
+    held_ = result.status == IPL_OK;
+    return result;
+  }
+
+  os_result unlock() override {
+    const os_result result = posix::clear_lock(file_.fd, kOfdCommands.try_cmd);
+    if (result.status == IPL_OK) held_ = false;
+    return result;
+  }
+
+  bool writable() const override { return file_.writable; }
+  int write_denied_error() const override { return file_.write_denied_error; }
+
+  os_result still_at_path(bool *same) override {
+    return posix::still_names(path_, file_.dev, file_.ino, same);
+  }
+
+  os_result reopen() override {
+    drop_descriptor();
+    return open();
+  }
+
+  bool inherited() const override {
+    return file_.fd >= 0 && file_.token != posix::process_token();
+  }
+
+ private:
+  // Unlocks (see the top of the file) and closes — unless the descriptor
+  // is the parent's copy, already closed at the fork: its number may
+  // belong to something else by now.
+  void drop_descriptor() {
+    if (file_.fd < 0) return;
+    if (!inherited()) {
+      if (held_) posix::clear_lock(file_.fd, kOfdCommands.try_cmd);
+      posix::close_registered(file_.fd);
+    }
+    file_ = opened_file{};
+    held_ = false;
+  }
+
+  std::string path_;
+  uint32_t flags_;
+  int create_mode_;
+  opened_file file_;
+  bool held_ = false;
+};
+
+}  // namespace
+
+namespace posix {
+// OFD locks keep no per-process state to protect across fork().
+void kind_prepare_fork() {}
+void kind_after_fork_parent() {}
+void kind_after_fork_child() {}
+}  // namespace posix
+
+os_result open_lock_file(const open_request &request, std::unique_ptr<lock_file> *out) {
+  auto file = std::make_unique<ofd_lock_file>(posix::absolute_path(request.path), request.flags,
+                                              request.create_mode);
+  const os_result opened = file->open();
+  if (opened.status != IPL_OK) return opened;
+  *out = std::move(file);
+  return {};
+}
+
+const char *backend_name() { return "posix-ofd"; }
+
+}  // namespace ipl::detail
