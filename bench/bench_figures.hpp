@@ -26,7 +26,8 @@ struct pair_cost {
   double real_ns = 0;
 };
 struct pair_costs {
-  pair_cost raw_ofd;  // F_OFD_SETLK lock + unlock on an open descriptor
+  pair_cost raw_ofd;       // F_OFD_SETLK lock + unlock on an open descriptor
+  pair_cost raw_ofd_stat;  // the same with a stat() of the path in between
   pair_cost ipl_try;
   pair_cost ipl_timed;
   pair_cost ipl_forever;

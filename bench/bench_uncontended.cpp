@@ -1,12 +1,15 @@
 // Figure 1: the cost of an uncontended acquire + release pair, libipl's try,
 // timed and forever acquires beside a raw F_OFD_SETLK lock + unlock pair on
-// an already-open descriptor (the kernel floor).
+// an already-open descriptor (the kernel floor), and beside that pair plus
+// the one stat() of the path that libipl's identity check makes after every
+// grant (the floor of a lock that verifies its path).
 //
 // With Google Benchmark (the default) each kind is one registered benchmark
 // with repetitions interleaved at random, so that a noisy neighbour slows all
 // kinds alike; the figure is the median of the repetitions, in CPU time (see
 // pair_costs). Without it, a plain loop does the same in round-robin order.
 #include <errno.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -24,14 +27,27 @@
 namespace bench {
 namespace {
 
-const lock_kind kPairKinds[] = {lock_kind::raw_ofd, lock_kind::ipl_try, lock_kind::ipl_timed,
-                                lock_kind::ipl_forever};
+// What figure 1 times: the two floors and libipl's three acquire kinds.
+enum class pair_kind { raw_ofd, raw_ofd_stat, ipl_try, ipl_timed, ipl_forever };
+const pair_kind kPairKinds[] = {pair_kind::raw_ofd, pair_kind::raw_ofd_stat, pair_kind::ipl_try,
+                                pair_kind::ipl_timed, pair_kind::ipl_forever};
+
+const char *pair_kind_name(pair_kind kind) {
+  switch (kind) {
+    case pair_kind::raw_ofd: return lock_kind_name(lock_kind::raw_ofd);
+    case pair_kind::raw_ofd_stat: return "raw OFD + stat";
+    case pair_kind::ipl_try: return lock_kind_name(lock_kind::ipl_try);
+    case pair_kind::ipl_timed: return lock_kind_name(lock_kind::ipl_timed);
+    case pair_kind::ipl_forever: return lock_kind_name(lock_kind::ipl_forever);
+  }
+  return "?";
+}
 
 // What one kind needs open to run pairs: a descriptor or a libipl handle.
 class pair_runner {
  public:
-  pair_runner(lock_kind kind, const std::string &lock_path) : kind_(kind) {
-    if (kind_ == lock_kind::raw_ofd) {
+  pair_runner(pair_kind kind, const std::string &lock_path) : kind_(kind), path_(lock_path) {
+    if (kind_ == pair_kind::raw_ofd || kind_ == pair_kind::raw_ofd_stat) {
       fd_ = open_file(lock_path);
     } else {
       const int status = ipl_open(lock_path.c_str(), 0, &handle_);
@@ -45,23 +61,26 @@ class pair_runner {
   pair_runner(const pair_runner &) = delete;
   pair_runner &operator=(const pair_runner &) = delete;
 
-  lock_kind kind() const { return kind_; }
+  pair_kind kind() const { return kind_; }
 
   // One acquire + release; nullptr on success, else what went wrong.
   const char *run_pair() {
     switch (kind_) {
-      case lock_kind::raw_ofd:
+      case pair_kind::raw_ofd:
+      case pair_kind::raw_ofd_stat:
         if (raw_ofd_lock(fd_, false) != 0) return "F_OFD_SETLK lock failed";
+        if (kind_ == pair_kind::raw_ofd_stat) {
+          struct stat st;
+          if (stat(path_.c_str(), &st) != 0) return "stat failed";
+        }
         if (raw_ofd_unlock(fd_) != 0) return "F_OFD_SETLK unlock failed";
         return nullptr;
-      case lock_kind::ipl_try:
+      case pair_kind::ipl_try:
         return ipl_pair(0);
-      case lock_kind::ipl_timed:
+      case pair_kind::ipl_timed:
         return ipl_pair(kPairTimedMs);
-      case lock_kind::ipl_forever:
+      case pair_kind::ipl_forever:
         return ipl_pair(IPL_WAIT_FOREVER);
-      case lock_kind::ipl_timed_polling:
-        break;  // uncontended, it is ipl_timed: not measured twice
     }
     return "unknown lock kind";
   }
@@ -73,7 +92,8 @@ class pair_runner {
     return nullptr;
   }
 
-  lock_kind kind_;
+  pair_kind kind_;
+  std::string path_;
   int fd_ = -1;
   ipl_lock *handle_ = nullptr;
 };
@@ -84,22 +104,23 @@ struct pair_samples {
   std::vector<double> real_ns;
 };
 
-void store(pair_costs *costs, lock_kind kind, const pair_samples &samples) {
+void store(pair_costs *costs, pair_kind kind, const pair_samples &samples) {
   const pair_cost cost{median(samples.cpu_ns), median(samples.real_ns)};
   switch (kind) {
-    case lock_kind::raw_ofd:
+    case pair_kind::raw_ofd:
       costs->raw_ofd = cost;
       break;
-    case lock_kind::ipl_try:
+    case pair_kind::raw_ofd_stat:
+      costs->raw_ofd_stat = cost;
+      break;
+    case pair_kind::ipl_try:
       costs->ipl_try = cost;
       break;
-    case lock_kind::ipl_timed:
+    case pair_kind::ipl_timed:
       costs->ipl_timed = cost;
       break;
-    case lock_kind::ipl_forever:
+    case pair_kind::ipl_forever:
       costs->ipl_forever = cost;
-      break;
-    case lock_kind::ipl_timed_polling:
       break;
   }
 }
@@ -150,7 +171,7 @@ pair_costs measure_uncontended_pairs(const std::string &lock_path, bool quick) {
   const double min_seconds = quick ? 0.005 : 0.05;
 
   std::vector<std::unique_ptr<pair_runner>> runners;
-  for (lock_kind kind : kPairKinds)
+  for (pair_kind kind : kPairKinds)
     runners.push_back(std::make_unique<pair_runner>(kind, lock_path));
 
   pair_costs costs;
@@ -162,7 +183,7 @@ pair_costs measure_uncontended_pairs(const std::string &lock_path, bool quick) {
   benchmark::ClearRegisteredBenchmarks();
   for (auto &runner : runners) {
     pair_runner *one = runner.get();
-    benchmark::RegisterBenchmark(lock_kind_name(one->kind()),
+    benchmark::RegisterBenchmark(pair_kind_name(one->kind()),
                                  [one](benchmark::State &state) {
                                    for (auto _ : state) {
                                      if (const char *error = one->run_pair()) {
@@ -179,14 +200,14 @@ pair_costs measure_uncontended_pairs(const std::string &lock_path, bool quick) {
   benchmark::ClearRegisteredBenchmarks();
   if (!reporter.errors.empty()) fail("uncontended pair: %s", reporter.errors.front().c_str());
   for (auto &runner : runners) {
-    const pair_samples &samples = reporter.per_kind[lock_kind_name(runner->kind())];
+    const pair_samples &samples = reporter.per_kind[pair_kind_name(runner->kind())];
     if (samples.cpu_ns.empty())
-      fail("uncontended pair: no result for %s", lock_kind_name(runner->kind()));
+      fail("uncontended pair: no result for %s", pair_kind_name(runner->kind()));
     store(&costs, runner->kind(), samples);
   }
 #else
   costs.method = "timing loop, round-robin, median of repetitions";
-  std::map<lock_kind, pair_samples> per_kind;
+  std::map<pair_kind, pair_samples> per_kind;
   for (int repetition = 0; repetition < repetitions; ++repetition) {
     for (size_t i = 0; i < runners.size(); ++i) {
       // Rotate the order so that no kind always runs first.

@@ -64,6 +64,7 @@
 
 #include "ipl/ipl.h"
 #include "posix_fcntl.hpp"
+#include "posix_syscalls.hpp"
 #include "wait_signal.hpp"
 
 namespace ipl::detail {
@@ -81,7 +82,7 @@ void on_wait_signal(int) {}
 
 bool handler_is(int signo, void (*handler)(int)) {
   struct sigaction current;
-  if (sigaction(signo, nullptr, &current) != 0) return false;
+  if (sys::calls.sigaction(signo, nullptr, &current) != 0) return false;
   return !(current.sa_flags & SA_SIGINFO) && current.sa_handler == handler;
 }
 
@@ -96,7 +97,7 @@ bool install_handler(int signo) {
   ours.sa_handler = on_wait_signal;
   sigemptyset(&ours.sa_mask);
   ours.sa_flags = 0;  // no SA_RESTART: interrupting the wait is the point
-  return sigaction(signo, &ours, nullptr) == 0;
+  return sys::calls.sigaction(signo, &ours, nullptr) == 0;
 }
 
 bool is_valid_signal(int signo) {
@@ -139,7 +140,7 @@ int signal_for_wait() {
 
 bool blocked_in_this_thread(int signo) {
   sigset_t mask;
-  if (pthread_sigmask(SIG_BLOCK, nullptr, &mask) != 0) return true;
+  if (sys::calls.pthread_sigmask(SIG_BLOCK, nullptr, &mask) != 0) return true;
   return sigismember(&mask, signo) == 1;
 }
 
@@ -155,7 +156,7 @@ timespec to_timespec(wait_deadline::clock::duration since_epoch) {
 class thread_timer {
  public:
   ~thread_timer() {
-    if (made_ && token_ == posix::process_token()) timer_delete(id_);
+    if (made_ && token_ == posix::process_token()) sys::calls.timer_delete(id_);
   }
 
   // Arms the timer to send `signo` to this thread at `deadline` and every
@@ -167,7 +168,7 @@ class thread_timer {
     spec.it_value = to_timespec(deadline.time_since_epoch());
     if (spec.it_value.tv_sec == 0 && spec.it_value.tv_nsec == 0) spec.it_value.tv_nsec = 1;  // 0 disarms
     spec.it_interval = to_timespec(kResignalInterval);
-    return timer_settime(id_, TIMER_ABSTIME, &spec, nullptr) == 0;
+    return sys::calls.timer_settime(id_, TIMER_ABSTIME, &spec) == 0;
   }
 
   // Stops it. A signal already sent is delivered, to our empty handler,
@@ -175,7 +176,7 @@ class thread_timer {
   void disarm() {
     itimerspec off;
     std::memset(&off, 0, sizeof off);
-    timer_settime(id_, 0, &off, nullptr);
+    sys::calls.timer_settime(id_, 0, &off);
   }
 
  private:
@@ -183,7 +184,7 @@ class thread_timer {
   bool ready_for(int signo) {
     const uint64_t token = posix::process_token();
     if (made_ && token_ == token && signo_ == signo) return true;
-    if (made_ && token_ == token) timer_delete(id_);
+    if (made_ && token_ == token) sys::calls.timer_delete(id_);
     made_ = false;
     sigevent event;
     std::memset(&event, 0, sizeof event);
@@ -195,7 +196,7 @@ class thread_timer {
     event._sigev_un._tid = gettid();
 #endif
     // Fails with EAGAIN when the user's real-time signal queue is full.
-    if (timer_create(CLOCK_MONOTONIC, &event, &id_) != 0) return false;
+    if (sys::calls.timer_create(CLOCK_MONOTONIC, &event, &id_) != 0) return false;
     made_ = true;
     token_ = token;
     signo_ = signo;
@@ -244,7 +245,7 @@ bool is_local_file_system(long type) {
 
 bool signal_can_interrupt_lock_wait(int fd) {
   struct statfs fs;
-  if (fstatfs(fd, &fs) != 0) return false;
+  if (sys::calls.fstatfs(fd, &fs) != 0) return false;
   return is_local_file_system(long(fs.f_type));
 }
 

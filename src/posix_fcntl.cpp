@@ -73,11 +73,12 @@
 #include <cstring>
 #include <mutex>
 #include <new>
-#include <random>
 #include <shared_mutex>
 #include <string>
 #include <vector>
 
+#include "posix_syscalls.hpp"
+#include "wait_policy.hpp"
 #include "wait_signal.hpp"
 
 namespace ipl::detail {
@@ -177,7 +178,7 @@ fork_state &the_fork_state() {
 // a thread of the parent may have held them, and it does not exist here.
 void reset_in_child(fork_state &state) {
   new (&state.registry_mutex) std::mutex;
-  for (int fd : state.registered) close(fd);
+  for (int fd : state.registered) sys::calls.close(fd);
   state.registered.clear();  // keeps its storage: no free() in the child
   kind_after_fork_child();
   new (&state.fork_barrier) std::shared_mutex;
@@ -239,15 +240,15 @@ os_result create_parent_dirs(const std::string &path, int create_mode) {
        slash = path.find('/', slash + 1)) {
     if (path[slash - 1] == '/') continue;  // "a//b"
     const std::string prefix = path.substr(0, slash);
-    if (mkdir(prefix.c_str(), dir_mode) == 0) {
+    if (sys::calls.mkdir(prefix.c_str(), dir_mode) == 0) {
       // Ours: give it the exact mode the umask took bits from.
-      if (exact && chmod(prefix.c_str(), dir_mode) != 0) return open_failure(errno);
+      if (exact && sys::calls.chmod(prefix.c_str(), dir_mode) != 0) return open_failure(errno);
       continue;
     }
     const int err = errno;
     if (err != EEXIST) return open_failure(err);
     struct stat st;
-    if (stat(prefix.c_str(), &st) != 0) return open_failure(errno);
+    if (sys::calls.stat(prefix.c_str(), &st) != 0) return open_failure(errno);
     if (!S_ISDIR(st.st_mode)) return failure(IPL_E_BAD_PARENT, ENOTDIR);
   }
   return {};
@@ -260,9 +261,9 @@ bool is_denied(int err) { return err == EACCES || err == EPERM || err == EROFS; 
 // Moves a descriptor that landed on 0, 1 or 2 to 3 or above (see the top).
 int above_stdio(int fd) {
   if (fd > 2) return fd;
-  const int moved = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+  const int moved = sys::calls.dup_cloexec(fd, 3);
   const int err = errno;
-  close(fd);
+  sys::calls.close(fd);
   errno = err;
   return moved;
 }
@@ -271,7 +272,7 @@ int above_stdio(int fd) {
 // be interrupted) is retried.
 int open_retrying(const char *path, int flags, mode_t mode) {
   for (;;) {
-    const int fd = open(path, flags, mode);
+    const int fd = sys::calls.open(path, flags, mode);
     if (fd >= 0 || errno != EINTR) return fd;
   }
 }
@@ -293,9 +294,9 @@ int open_descriptor(const std::string &path, uint32_t flags, int create_mode, bo
     const mode_t mode = exact ? mode_t(create_mode) : kDefaultFileMode;
     fd = open_retrying(p, O_RDWR | O_CREAT | O_EXCL | kBaseOpenFlags, mode);
     if (fd >= 0) {
-      if (exact && fchmod(fd, mode) != 0) {
+      if (exact && sys::calls.fchmod(fd, mode) != 0) {
         *failed = open_failure(errno);
-        close(fd);
+        sys::calls.close(fd);
         return -1;
       }
       break;
@@ -361,14 +362,14 @@ void close_registered(int fd) {
       fds.pop_back();
     }
   }
-  close(fd);
+  sys::calls.close(fd);
 }
 
 std::string absolute_path(const char *path) {
   if (path[0] == '/') return path;
   std::string cwd(256, '\0');
   for (;;) {
-    if (getcwd(&cwd[0], cwd.size())) break;
+    if (sys::calls.getcwd(&cwd[0], cwd.size())) break;
     if (errno != ERANGE || cwd.size() > (size_t(1) << 20)) return path;
     cwd.resize(cwd.size() * 2);
   }
@@ -381,7 +382,7 @@ os_result open_file(const std::string &path, uint32_t flags, int create_mode, re
                     opened_file *out) {
   fork_state &state = the_fork_state();
   struct stat st;
-  if (stat(path.c_str(), &st) == 0) {
+  if (sys::calls.stat(path.c_str(), &st) == 0) {
     if (!S_ISREG(st.st_mode)) return failure(IPL_E_NOT_REGULAR_FILE, 0);
     bool writable = true;
     const int reused = reuse ? reuse(st.st_dev, st.st_ino, &writable) : -1;
@@ -411,7 +412,7 @@ os_result open_file(const std::string &path, uint32_t flags, int create_mode, re
     if (file.fd < 0) return failed;
     register_descriptor(file.fd);
   }
-  if (fstat(file.fd, &st) != 0) {
+  if (sys::calls.fstat(file.fd, &st) != 0) {
     const int err = errno;
     close_registered(file.fd);
     return open_failure(err);
@@ -430,7 +431,7 @@ os_result open_file(const std::string &path, uint32_t flags, int create_mode, re
 
 os_result still_names(const std::string &path, dev_t dev, ino_t ino, bool *same) {
   struct stat st;
-  if (stat(path.c_str(), &st) != 0) {
+  if (sys::calls.stat(path.c_str(), &st) != 0) {
     const int err = errno;
     if (err == ENOENT || err == ENOTDIR) {
       *same = false;
@@ -460,87 +461,61 @@ short lock_type(lock_mode mode) { return mode == lock_mode::exclusive ? F_WRLCK 
 
 bool is_busy(int err) { return err == EAGAIN || err == EACCES; }
 
-// Sleeps until `until` on CLOCK_MONOTONIC; a signal just ends the sleep early
-// (the caller re-checks the lock and the deadline).
-void sleep_until(wait_deadline::clock::time_point until) {
-  const auto since_epoch = until.time_since_epoch();
-  const auto secs = std::chrono::duration_cast<std::chrono::seconds>(since_epoch);
-  timespec ts;
-  ts.tv_sec = time_t(secs.count());
-  ts.tv_nsec = long(std::chrono::duration_cast<std::chrono::nanoseconds>(since_epoch - secs).count());
-  // steady_clock is CLOCK_MONOTONIC in libstdc++ and libc++.
-  clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, nullptr);
-}
-
-// Jittered back-off so that many pollers do not wake in lock-step.
-class backoff {
+// The fcntl calls of one lock request, for the core's wait policy.
+class fcntl_attempts final : public lock_attempts {
  public:
-  std::chrono::microseconds next() {
-    const auto now = current_;
-    current_ = std::min(current_ * 2, kCap);
-    std::uniform_int_distribution<long> jitter(now.count() * 3 / 4, now.count() * 5 / 4);
-    return std::chrono::microseconds(jitter(random_));
+  fcntl_attempts(const opened_file &file, lock_commands cmds, lock_mode mode)
+      : file_(file), cmds_(cmds), type_(lock_type(mode)) {}
+
+  os_result try_lock() override {
+    for (;;) {
+      struct flock region = whole_file(type_);
+      if (sys::calls.fcntl_lock(file_.fd, cmds_.try_cmd, &region) == 0) return {};
+      const int err = errno;
+      if (err == EINTR) continue;
+      return is_busy(err) ? failure(IPL_E_TIMEOUT, 0) : lock_failure(err);
+    }
+  }
+
+  os_result wait_lock() override {
+    struct flock region = whole_file(type_);
+    if (sys::calls.fcntl_lock(file_.fd, cmds_.wait_cmd, &region) == 0) return {};
+    const int err = errno;
+    return err == EINTR ? failure(kInterrupted, 0) : lock_failure(err);
+  }
+
+  bool wait_is_interruptible() const override { return file_.interruptible; }
+
+  // A signal just ends the sleep early (the policy re-checks the lock and
+  // the deadline).
+  void sleep_until(wait_deadline::clock::time_point until) override {
+    const auto since_epoch = until.time_since_epoch();
+    const auto secs = std::chrono::duration_cast<std::chrono::seconds>(since_epoch);
+    timespec ts;
+    ts.tv_sec = time_t(secs.count());
+    ts.tv_nsec =
+        long(std::chrono::duration_cast<std::chrono::nanoseconds>(since_epoch - secs).count());
+    // steady_clock is CLOCK_MONOTONIC in libstdc++ and libc++.
+    sys::calls.clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, nullptr);
   }
 
  private:
-  static constexpr std::chrono::microseconds kFirst{50};
-  static constexpr std::chrono::microseconds kCap{10000};
-  std::chrono::microseconds current_ = kFirst;
-  std::minstd_rand random_{std::random_device{}()};
+  const opened_file &file_;
+  lock_commands cmds_;
+  short type_;
 };
-
-// Blocks in the kernel until the lock is granted, or until `deadline` when
-// one is given (the caller has armed a deadline_interrupt). EINTR from any
-// other signal just re-enters the wait.
-os_result wait_in_kernel(int fd, int wait_cmd, lock_mode mode, const wait_deadline *deadline) {
-  for (;;) {
-    struct flock region = whole_file(lock_type(mode));
-    if (fcntl(fd, wait_cmd, &region) == 0) return {};
-    if (errno != EINTR) return lock_failure(errno);
-    if (deadline && deadline->expired()) return failure(IPL_E_TIMEOUT, 0);
-  }
-}
-
-// Tries until `deadline`, sleeping between tries.
-os_result poll_until(int fd, int try_cmd, lock_mode mode, const wait_deadline &deadline) {
-  backoff delay;
-  for (;;) {
-    sleep_until(std::min(wait_deadline::clock::now() + delay.next(), deadline.when()));
-    struct flock region = whole_file(lock_type(mode));
-    if (fcntl(fd, try_cmd, &region) == 0) return {};
-    const int err = errno;
-    if (err != EINTR && !is_busy(err)) return lock_failure(err);
-    if (deadline.expired()) return failure(IPL_E_TIMEOUT, 0);
-  }
-}
 
 }  // namespace
 
 os_result set_lock(const opened_file &file, lock_commands cmds, lock_mode mode,
                    const wait_deadline &deadline) {
-  if (deadline.is_forever()) return wait_in_kernel(file.fd, cmds.wait_cmd, mode, nullptr);
-
-  // One try first: an uncontended lock needs no timer, and a try never sleeps.
-  for (;;) {
-    struct flock region = whole_file(lock_type(mode));
-    if (fcntl(file.fd, cmds.try_cmd, &region) == 0) return {};
-    const int err = errno;
-    if (err == EINTR) continue;
-    if (!is_busy(err)) return lock_failure(err);
-    break;
-  }
-  if (deadline.expired()) return failure(IPL_E_TIMEOUT, 0);
-
-  if (file.interruptible) {
-    const deadline_interrupt interrupt(deadline.when());
-    if (interrupt.armed()) return wait_in_kernel(file.fd, cmds.wait_cmd, mode, &deadline);
-  }
-  return poll_until(file.fd, cmds.try_cmd, mode, deadline);
+  fcntl_attempts attempts(file, cmds, mode);
+  return wait_for_lock(attempts, deadline);
 }
 
 os_result clear_lock(int fd, int try_cmd) {
   struct flock region = whole_file(F_UNLCK);
-  while (fcntl(fd, try_cmd, &region) != 0) {
+  while (sys::calls.fcntl_lock(fd, try_cmd, &region) != 0) {
     if (errno != EINTR) return lock_failure(errno);
   }
   return {};

@@ -239,10 +239,10 @@ const std::map<std::string, wait_case> &wait_cases() {
          r.check(ipl_wait_signal() > 0, "no signal taken");
          contended_lock lock(path);
          r.check(lock.ready(), "setup");
-         // Each thread its own handle and deadline. Short waits register
-         // first, long ones 20 ms later: a watchdog that served only its
-         // newest (or its first) waiter would leave the short ones hanging
-         // until the long ones end.
+         // Each thread its own handle, deadline and timer. Short waits start
+         // first, long ones 20 ms later: a timer shared between threads, or
+         // one re-armed by the newest waiter, would leave the short ones
+         // hanging until the long ones end.
          const int kThreads = 8;
          std::vector<std::thread> threads;
          std::vector<std::string> failures(kThreads);
@@ -270,22 +270,29 @@ const std::map<std::string, wait_case> &wait_cases() {
          for (auto &t : threads) t.join();
          for (const auto &f : failures) r.check(f.empty(), f);
        }},
-      {"fork_child_starts_its_own_watchdog",
+      {"fork_child_makes_its_own_timer",
        [](case_result &r, const std::string &path) {
          r.check(ipl_wait_signal() > 0, "no signal taken");
          contended_lock lock(path);
          r.check(lock.ready(), "setup");
-         check_timed_out(r, lock.waiter, 20, "parent, before fork");  // starts the watchdog
+         check_timed_out(r, lock.waiter, 20, "parent, before fork");  // makes this thread's timer
          const pid_t child = fork();
+         if (child < 0) {
+           r.check(false, "fork failed");
+           return;
+         }
          if (child == 0) {
-           // The watchdog thread did not survive fork(): without a fresh
-           // one this wait would never end.
+           // The parent's timer did not survive fork(): arming its id here
+           // fails (the wait would then poll) or, worse, arms a timer of
+           // the child's own. A fresh timer keeps the wait in the kernel.
            ipl_lock *own = nullptr;
            if (ipl_open(path.c_str(), 0, &own) != IPL_OK) _exit(2);
+           const long before = voluntary_switches();
            const auto start = steady::now();
            const int rc = ipl_acquire(own, 100);
            const bool on_time = steady::now() - start >= 100ms;
-           _exit(rc == IPL_E_TIMEOUT && on_time ? 0 : 3);
+           const bool in_kernel = voluntary_switches() - before <= 5;
+           _exit(rc != IPL_E_TIMEOUT ? 3 : !on_time ? 4 : !in_kernel ? 5 : 0);
          }
          int status = -1;
          const auto give_up = steady::now() + 10s;
@@ -345,7 +352,7 @@ INSTANTIATE_TEST_SUITE_P(WaitSignalCases, WaitSignal,
                                          "every_signal_handled_like_go", "signal_blocked_in_thread",
                                          "taken_over_after_claim", "no_stray_signal_after_return",
                                          "explicit_choice", "many_waiters_each_on_time",
-                                         "fork_child_starts_its_own_watchdog",
+                                         "fork_child_makes_its_own_timer",
                                          "environment_turns_it_off"),
                          [](const testing::TestParamInfo<std::string> &info) { return info.param; });
 

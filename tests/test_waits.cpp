@@ -982,7 +982,9 @@ TEST(WaitDescriptors, LockDiesWithHolderWhileItsExecdChildLivesOn) {
   // Kill the grandchild whatever happens below.
   struct grandchild_killer {
     pid_t pid;
-    ~grandchild_killer() { kill(pid, SIGKILL); }
+    ~grandchild_killer() {
+      if (pid > 0) kill(pid, SIGKILL);
+    }
   } killer{grandchild};
 
   lock_handle lock = open_lock(path);

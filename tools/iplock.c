@@ -152,7 +152,18 @@ static int set_fd_flag(int fd, int get, int set, int flag) {
 /* The self-pipe: close-on-exec both ends, and a non-blocking write end so a
  * signal storm can never block the handler. */
 static int open_wake_pipe(void) {
+  int i;
   if (pipe(wake_pipe) != 0) return -1;
+  /* Started with stdin/stdout closed, the pipe would be 0 and 1, and our own
+   * error messages or a stray read would use it: keep it at 3 or above. */
+  for (i = 0; i < 2; ++i) {
+    if (wake_pipe[i] <= 2) {
+      const int moved = fcntl(wake_pipe[i], F_DUPFD, 3);
+      if (moved < 0) return -1;
+      close(wake_pipe[i]);
+      wake_pipe[i] = moved;
+    }
+  }
   if (set_fd_flag(wake_pipe[0], F_GETFD, F_SETFD, FD_CLOEXEC) != 0 ||
       set_fd_flag(wake_pipe[1], F_GETFD, F_SETFD, FD_CLOEXEC) != 0 ||
       set_fd_flag(wake_pipe[1], F_GETFL, F_SETFL, O_NONBLOCK) != 0)
@@ -512,6 +523,15 @@ int main(int argc, char **argv) {
             strerror(errno));
     ipl_close(lock);
     return EXIT_OS_ERROR;
+  }
+  if (rc == IPL_E_ACCESS) {
+    /* The file could be opened read-only only: as when it cannot be opened. */
+    fprintf(stderr,
+            "%s: cannot lock %s exclusively: no write access to it (%s); a shared "
+            "lock (-s) needs only read access\n",
+            program_name, opts.lock_path, strerror(ipl_os_error(lock)));
+    ipl_close(lock);
+    return EXIT_NO_LOCK_FILE;
   }
   if (rc != IPL_OK) {
     const int lock_os_error = rc == IPL_E_OS ? ipl_os_error(lock) : 0;

@@ -226,11 +226,13 @@ IPL_API int ipl_release_write(ipl_lock *lock);
 /* ---- How timed waits sleep -------------------------------------------------
  * A timed wait (timeout_ms > 0) sleeps in the kernel's blocking lock call and
  * wakes as soon as the lock is released, like IPL_WAIT_FOREVER. To end the
- * wait at its deadline, Linux builds have one watchdog thread (started on the
- * first timed wait that has to sleep; all signals blocked, 64 KiB stack) send
- * the waiting thread a signal (tgkill), handled by an empty handler installed
- * without SA_RESTART, at the deadline and every millisecond after it until
- * the wait returns.
+ * wait at its deadline, Linux builds give each thread that makes a contended
+ * timed wait one POSIX timer (timer_create, SIGEV_THREAD_ID; kept until the
+ * thread exits). The wait arms it to send that thread a signal, handled by an
+ * empty handler installed without SA_RESTART, at the deadline and every
+ * millisecond after it until the wait returns; the wait then disarms it. A
+ * timer never queues more than one signal, however long a wait stays
+ * blocked, and its signal cannot fail to be sent once the timer exists.
  *
  * The signal: on first use, libipl takes the highest real-time signal
  * (SIGRTMAX downwards) whose disposition is still the default. It never
@@ -239,8 +241,11 @@ IPL_API int ipl_release_write(ipl_lock *lock);
  * jittered back-off of 50 us to 10 ms; same results, slower hand-off, a little
  * CPU) when: no signal is free (the application or a runtime owns them all),
  * the application has since installed its own handler on the signal (libipl
- * then gives it up for good), the signal is blocked in the calling thread, or
- * the watchdog thread cannot be started. Only a thread inside a timed wait is
+ * then gives it up for good), the signal is blocked in the calling thread,
+ * the thread's timer cannot be made (e.g. the user's real-time signal queue,
+ * RLIMIT_SIGPENDING, is full), or the lock file is on a file system not
+ * known to be local (FUSE, NFS, CIFS, ...: there a signal may not end a
+ * lock call, so only polling keeps the deadline). Only the waiting thread is
  * ever signaled, and a signal sent to it is delivered before the call
  * returns: none reaches application code. (If the application replaces the
  * handler while a wait is in progress, that wait may still send it one.)
