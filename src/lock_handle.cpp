@@ -96,23 +96,33 @@ int lock_handle::release(lock_mode mode) {
   return finish(result);
 }
 
-void lock_handle::lock_registry() { the_registry().mutex.lock(); }
-
-void lock_handle::unlock_registry() { the_registry().mutex.unlock(); }
-
-void lock_handle::remake_mutexes_in_child() {
+void lock_handle::lock_all_for_fork() {
   handle_registry &registry = the_registry();
-  new (&registry.mutex) std::mutex;
+  registry.mutex.lock();
+  for (lock_handle *handle = registry.head; handle; handle = handle->next_) handle->mutex_.lock();
+}
+
+void lock_handle::unlock_all_after_fork() {
+  handle_registry &registry = the_registry();
+  for (lock_handle *handle = registry.head; handle; handle = handle->next_) handle->mutex_.unlock();
+  registry.mutex.unlock();
+}
+
+void lock_handle::forget_parent_in_child(fork_kind kind) {
+  handle_registry &registry = the_registry();
+  if (kind == fork_kind::unnoticed) new (&registry.mutex) std::mutex;
   for (lock_handle *handle = registry.head; handle; handle = handle->next_) {
-    new (&handle->mutex_) std::mutex;
+    if (kind == fork_kind::unnoticed) new (&handle->mutex_) std::mutex;
     // Whatever the parent held or was acquiring is the parent's.
     handle->state_ = state::idle;
     handle->needs_reopen_ = true;
+    if (kind == fork_kind::after_prepare) handle->mutex_.unlock();
   }
+  if (kind == fork_kind::after_prepare) registry.mutex.unlock();
 }
 
-void core_prepare_fork() { lock_handle::lock_registry(); }
-void core_after_fork_parent() { lock_handle::unlock_registry(); }
-void core_after_fork_child() { lock_handle::remake_mutexes_in_child(); }
+void core_prepare_fork() { lock_handle::lock_all_for_fork(); }
+void core_after_fork_parent() { lock_handle::unlock_all_after_fork(); }
+void core_after_fork_child(fork_kind kind) { lock_handle::forget_parent_in_child(kind); }
 
 }  // namespace ipl::detail

@@ -10,10 +10,11 @@
 // locked file, and if not (removed or replaced meanwhile) it lets go,
 // reopens the path and waits again, within the same deadline.
 //
-// Handles are kept in a registry so that the fork handlers can make every
-// handle's mutex anew in a forked child (a parent thread may have held it).
-// In the child, a handle's lock_file reports inherited(): the handle then
-// holds nothing, and its next acquire reopens the path.
+// Handles are kept in a registry so that the fork handlers can hold every
+// handle's mutex across fork() (no parent thread is inside one when the
+// child is made) and reset every handle in the child: there it holds
+// nothing, and its next acquire reopens the path (its lock_file reports
+// inherited(), and its descriptor was closed at the fork).
 #ifndef IPL_SRC_LOCK_HANDLE_HPP
 #define IPL_SRC_LOCK_HANDLE_HPP
 
@@ -39,9 +40,9 @@ class lock_handle {
   int last_os_error() const { return last_os_error_.load(std::memory_order_relaxed); }
 
   // The fork handlers' side (platform.hpp: core_*_fork).
-  static void lock_registry();
-  static void unlock_registry();
-  static void remake_mutexes_in_child();
+  static void lock_all_for_fork();
+  static void unlock_all_after_fork();
+  static void forget_parent_in_child(fork_kind kind);
 
  private:
   enum class state { idle, acquiring, held_shared, held_exclusive };

@@ -84,13 +84,18 @@ void notice_fork();
 
 // ---- Implemented by the core, called by backends whose OS can fork -------
 // The core's handles have mutexes of their own. The backend's fork
-// handlers call these: prepare before fork() (takes the core's registry),
-// after_fork_parent in the parent, after_fork_child in the child (only the
-// forking thread exists there; every handle's mutex is made anew, since a
-// thread of the parent may have held it).
+// handlers call these: core_prepare_fork before fork() (takes the core's
+// registry and every handle's mutex), core_after_fork_parent in the parent
+// (gives them back), core_after_fork_child in the child (only the forking
+// thread exists there): every handle then holds nothing and reopens its
+// path on its next acquire.
+enum class fork_kind {
+  after_prepare,  // the atfork handlers ran: this thread holds the mutexes
+  unnoticed,      // no handlers ran (_Fork): mutexes are made anew
+};
 void core_prepare_fork();
 void core_after_fork_parent();
-void core_after_fork_child();
+void core_after_fork_child(fork_kind kind);
 
 }  // namespace ipl::detail
 

@@ -271,7 +271,10 @@ namespace posix {
 void kind_prepare_fork() { current_table->mutex.lock(); }
 void kind_after_fork_parent() { current_table->mutex.unlock(); }
 // Parked descriptors were registered: posix_fcntl.cpp has closed them.
-void kind_after_fork_child() { current_table = new inode_table(current_table); }
+void kind_after_fork_child(fork_kind kind) {
+  if (kind == fork_kind::after_prepare) current_table->mutex.unlock();
+  current_table = new inode_table(current_table);
+}
 }  // namespace posix
 
 os_result open_lock_file(const open_request &request, std::unique_ptr<lock_file> *out) {

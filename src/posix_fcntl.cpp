@@ -73,7 +73,6 @@
 #include <cstring>
 #include <mutex>
 #include <new>
-#include <shared_mutex>
 #include <string>
 #include <vector>
 
@@ -137,9 +136,17 @@ struct fork_state {
   wiped_on_fork *page = nullptr;
   wiped_on_fork fallback{};              // when no wipe-on-fork page exists
   std::atomic<uint64_t> last_token{1};   // copied into children, never wiped
-  // Held shared from open() to registration, exclusively across fork(): no
-  // descriptor reaches a child unregistered.
-  std::shared_mutex fork_barrier;
+
+  // The fork barrier: fork() waits for opens between open() and
+  // registration, and opens wait while a fork is in progress, so no
+  // descriptor reaches a child unregistered. Two atomics (each side raises
+  // its own, then reads the other's) rather than a lock held across
+  // fork(): an rwlock write-locked by the parent cannot be unlocked in the
+  // child (glibc records the writer's thread id, which the child's thread
+  // does not have).
+  std::atomic<int> opens_in_flight{0};
+  std::atomic<bool> forking{false};
+
   std::mutex registry_mutex;
   std::vector<int> registered;  // every descriptor libipl has open
 
@@ -172,17 +179,51 @@ fork_state &the_fork_state() {
   return *state;
 }
 
+// Waiting on the other side of the fork barrier: a fork, or an open in
+// flight, ends within a system call's time. Yields first, then naps.
+void wait_a_moment(int round) {
+  if (round < 100) {
+    sched_yield();
+  } else {
+    const timespec nap{0, 100 * 1000};
+    nanosleep(&nap, nullptr);
+  }
+}
+
+// Held from open() to registration (see fork_state::opens_in_flight).
+class open_in_flight {
+ public:
+  explicit open_in_flight(fork_state &state) : state_(state) {
+    for (int round = 0;; ++round) {
+      state_.opens_in_flight.fetch_add(1);
+      if (!state_.forking.load()) return;
+      state_.opens_in_flight.fetch_sub(1);
+      wait_a_moment(round);
+    }
+  }
+  ~open_in_flight() { state_.opens_in_flight.fetch_sub(1); }
+  open_in_flight(const open_in_flight &) = delete;
+  open_in_flight &operator=(const open_in_flight &) = delete;
+
+ private:
+  fork_state &state_;
+};
+
 // In the child, with only the current thread left: closes the child's
 // copies of libipl's descriptors, resets the lock kind's and the core's
-// state, and gives the child a token of its own. The mutexes are made anew:
-// a thread of the parent may have held them, and it does not exist here.
-void reset_in_child(fork_state &state) {
-  new (&state.registry_mutex) std::mutex;
+// state, and gives the child a token of its own. After the atfork prepare
+// handler, every libipl mutex is held by this thread and is unlocked here;
+// after a fork that ran no handlers, a thread of the parent may have held
+// one, and it is made anew.
+void reset_in_child(fork_state &state, fork_kind kind) {
+  if (kind == fork_kind::unnoticed) new (&state.registry_mutex) std::mutex;
   for (int fd : state.registered) sys::calls.close(fd);
   state.registered.clear();  // keeps its storage: no free() in the child
-  kind_after_fork_child();
-  new (&state.fork_barrier) std::shared_mutex;
-  core_after_fork_child();
+  if (kind == fork_kind::after_prepare) state.registry_mutex.unlock();
+  kind_after_fork_child(kind);
+  state.opens_in_flight.store(0);  // the parent's threads are not here
+  state.forking.store(false);
+  core_after_fork_child(kind);
   state.page->token.store(state.last_token.fetch_add(1, std::memory_order_relaxed) + 1,
                           std::memory_order_release);
 }
@@ -190,7 +231,8 @@ void reset_in_child(fork_state &state) {
 void fork_state::prepare_fork() {
   fork_state &state = the_fork_state();
   core_prepare_fork();
-  state.fork_barrier.lock();
+  state.forking.store(true);
+  for (int round = 0; state.opens_in_flight.load() != 0; ++round) wait_a_moment(round);
   kind_prepare_fork();
   state.registry_mutex.lock();
 }
@@ -199,27 +241,25 @@ void fork_state::after_fork_parent() {
   fork_state &state = the_fork_state();
   state.registry_mutex.unlock();
   kind_after_fork_parent();
-  state.fork_barrier.unlock();
+  state.forking.store(false);
   core_after_fork_parent();
 }
 
-void fork_state::after_fork_child() { reset_in_child(the_fork_state()); }
+void fork_state::after_fork_child() { reset_in_child(the_fork_state(), fork_kind::after_prepare); }
 
 // The first libipl call in a child whose fork ran no atfork handlers: one
 // thread resets, any other waits (a reset is a few close() calls).
 uint64_t reset_after_unnoticed_fork(fork_state &state) {
   int expected = 0;
   if (state.page->resetting.compare_exchange_strong(expected, 1)) {
-    reset_in_child(state);
+    reset_in_child(state, fork_kind::unnoticed);
     return state.page->token.load(std::memory_order_acquire);
   }
-  constexpr int kMaxYields = 1000000;
-  for (int i = 0; i < kMaxYields; ++i) {
+  for (int round = 0;; ++round) {
     const uint64_t token = state.page->token.load(std::memory_order_acquire);
     if (token != 0) return token;
-    sched_yield();
+    wait_a_moment(round);
   }
-  return state.page->token.load(std::memory_order_acquire);
 }
 
 // ---- Opening -----------------------------------------------------------------
@@ -405,7 +445,7 @@ os_result open_file(const std::string &path, uint32_t flags, int create_mode, re
 
   opened_file file;
   {
-    std::shared_lock<std::shared_mutex> no_fork_now(state.fork_barrier);
+    const open_in_flight no_fork_now(state);
     os_result failed;
     file.fd = open_descriptor(path, flags, create_mode, &file.writable, &file.write_denied_error,
                               &failed);

@@ -70,12 +70,13 @@ os_result still_names(const std::string &path, dev_t dev, ino_t ino, bool *same)
 uint64_t process_token();
 
 // The lock kind's part of the fork handlers (posix_ofd.cpp: nothing;
-// posix_classic.cpp: its inode table). Called with the fork barrier held:
-// prepare locks the kind's mutexes, parent unlocks them, child resets its
-// state (only the forking thread exists; the child holds no lock).
+// posix_classic.cpp: its inode table). prepare locks the kind's mutexes,
+// parent unlocks them, child resets the kind's state (only the forking
+// thread exists; the child holds no lock) after unlocking them or, for a
+// fork that ran no handlers, without touching them.
 void kind_prepare_fork();
 void kind_after_fork_parent();
-void kind_after_fork_child();
+void kind_after_fork_child(fork_kind kind);
 
 // ---- Taking the kernel lock ----------------------------------------------------
 

@@ -98,7 +98,7 @@ namespace posix {
 // OFD locks keep no per-process state to protect across fork().
 void kind_prepare_fork() {}
 void kind_after_fork_parent() {}
-void kind_after_fork_child() {}
+void kind_after_fork_child(fork_kind) {}
 }  // namespace posix
 
 os_result open_lock_file(const open_request &request, std::unique_ptr<lock_file> *out) {

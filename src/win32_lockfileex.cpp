@@ -33,29 +33,53 @@
 //   - Forever waits: a blocking LockFileEx (no LOCKFILE_FAIL_IMMEDIATELY) on
 //     a synchronous handle; the thread sleeps in the kernel until the lock is
 //     granted.
-//   - Timed waits: LOCKFILE_FAIL_IMMEDIATELY tries with capped, jittered
-//     back-off (50 us doubling to 10 ms), slept on a high-resolution waitable
-//     timer where the system has one. We only return IPL_E_TIMEOUT once the
-//     deadline has passed on the monotonic clock (steady_clock, i.e.
-//     QueryPerformanceCounter).
+//   - Timed waits: LOCKFILE_FAIL_IMMEDIATELY tries with wait_policy's
+//     capped, jittered back-off (50 us doubling to 10 ms), slept on a
+//     high-resolution waitable timer where the system has one. IPL_E_TIMEOUT
+//     only once the deadline has passed on the monotonic clock
+//     (steady_clock, i.e. QueryPerformanceCounter).
 //   - Opening: the UTF-8 path becomes UTF-16, made absolute with
 //     GetFullPathNameW ('/' and '\' both separate), and long paths get the
 //     \\?\ prefix. Device names (NUL, CON, COM1, \\.\...) are rejected
 //     before anything opens them, folders too; the handle is not inheritable
-//     and shares read, write and delete with everyone.
+//     and shares read, write and delete with everyone. The absolute path is
+//     kept: reopening and the identity check below never depend on the
+//     current directory at the time.
+//   - Read-only lock files: when read-write access is denied (the read-only
+//     attribute, an ACL, write-protected media), the file is opened for
+//     reading only. LockFileEx takes shared locks on such a handle; the core
+//     refuses exclusive ones with IPL_E_ACCESS and the refused open's error.
+//   - Replaced lock files: after every grant the core asks whether the path
+//     still names the locked file. We open the path with no data access
+//     (so no share mode can refuse it, and it locks nothing) and compare the volume serial number
+//     and file id with the locked handle's; a locked file that is delete-
+//     pending (DeleteFileW while handles are open, without POSIX semantics)
+//     does not count as named by the path either. The core then unlocks,
+//     reopens the path and waits again.
+//
+// What Wine 8 (the CI) does differently
+//   It never reports DeletePending, and a file deleted while open stays at
+//   its path (openable, the same file) until the last handle closes, so a
+//   deleted lock file is never replaced there. MoveFileExW cannot replace a
+//   file that is open (ERROR_ACCESS_DENIED, as on Windows without POSIX
+//   semantics), but renaming the folder above an open file works; the tests
+//   replace the lock file that way.
 #ifndef WIN32_LEAN_AND_MEAN
 #define WIN32_LEAN_AND_MEAN
 #endif
 #include <windows.h>
+#include <winternl.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <cwctype>
-#include <random>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "platform.hpp"
+#include "wait_policy.hpp"
 
 #ifndef CREATE_WAITABLE_TIMER_HIGH_RESOLUTION
 #define CREATE_WAITABLE_TIMER_HIGH_RESOLUTION 0x00000002
@@ -248,20 +272,25 @@ os_result make_parents(const std::wstring &path, bool create, os_result missing)
   return {};
 }
 
-HANDLE open_handle(const std::wstring &path, uint32_t flags) {
-  // Read and write access, as POSIX opens O_RDWR: a read-only lock file is
-  // IPL_E_ACCESS on both. NULL security attributes: not inheritable.
-  return CreateFileW(path.c_str(), GENERIC_READ | GENERIC_WRITE,
-                     FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE, nullptr,
-                     (flags & IPL_OPEN_NO_CREATE) ? OPEN_EXISTING : OPEN_ALWAYS,
-                     FILE_ATTRIBUTE_NORMAL, nullptr);
+// Read and write access, as POSIX opens O_RDWR (read-only below, when
+// that is refused). NULL security attributes: not inheritable.
+HANDLE open_handle(const std::wstring &path, DWORD access, DWORD disposition) {
+  return CreateFileW(path.c_str(), access, FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE,
+                     nullptr, disposition, FILE_ATTRIBUTE_NORMAL, nullptr);
 }
 
-os_result open_regular_file(const char *utf8_path, uint32_t flags, HANDLE *out) {
-  std::wstring path;
-  const os_result made_path = win32_path(utf8_path, &path);
-  if (made_path.status != IPL_OK) return made_path;
+// Errors of a read-write open after which a read-only open may work.
+bool is_write_denied(DWORD err) { return err == ERROR_ACCESS_DENIED || err == ERROR_WRITE_PROTECT; }
 
+struct opened_handle {
+  HANDLE handle = INVALID_HANDLE_VALUE;
+  bool writable = true;
+  DWORD write_denied_error = 0;  // GetLastError of the refused read-write open
+};
+
+// Opens (by default creating, with parent folders) the file at `path`, an
+// absolute path from win32_path().
+os_result open_regular_file(const std::wstring &path, uint32_t flags, opened_handle *out) {
   // CreateFileW fails on a folder with a bare ERROR_ACCESS_DENIED.
   DWORD err = 0;
   if (kind_of(path, &err) == path_kind::folder) return os_failure(IPL_E_NOT_REGULAR_FILE, 0);
@@ -272,7 +301,9 @@ os_result open_regular_file(const char *utf8_path, uint32_t flags, HANDLE *out) 
                                 ? os_failure(IPL_E_OS, ERROR_PATH_NOT_FOUND)
                                 : os_failure(IPL_E_BAD_PARENT, ERROR_PATH_NOT_FOUND);
   const bool create = !(flags & (IPL_OPEN_NO_CREATE | IPL_OPEN_NO_CREATE_DIRS));
-  HANDLE handle = open_handle(path, flags);
+  const DWORD disposition = (flags & IPL_OPEN_NO_CREATE) ? OPEN_EXISTING : OPEN_ALWAYS;
+  const DWORD read_write = GENERIC_READ | GENERIC_WRITE;
+  HANDLE handle = open_handle(path, read_write, disposition);
   // A few rounds: another thread or process may be creating (or removing)
   // the same folders at the same time.
   for (int round = 0; round < 3 && handle == INVALID_HANDLE_VALUE &&
@@ -280,14 +311,21 @@ os_result open_regular_file(const char *utf8_path, uint32_t flags, HANDLE *out) 
        ++round) {
     const os_result parents = make_parents(path, create, missing);
     if (parents.status != IPL_OK) return parents;
-    handle = open_handle(path, flags);
+    handle = open_handle(path, read_write, disposition);
   }
+  opened_handle opened;
   if (handle == INVALID_HANDLE_VALUE) {
     const DWORD open_error = GetLastError();
     // The folder may have appeared after the check above.
     if (open_error == ERROR_ACCESS_DENIED && kind_of(path, &err) == path_kind::folder)
       return os_failure(IPL_E_NOT_REGULAR_FILE, 0);
-    return open_failure(open_error);
+    if (!is_write_denied(open_error)) return open_failure(open_error);
+    // Read access is enough for shared locks. Never created here: a file
+    // we could not create read-write is the refused open's failure.
+    handle = open_handle(path, GENERIC_READ, OPEN_EXISTING);
+    if (handle == INVALID_HANDLE_VALUE) return open_failure(open_error);
+    opened.writable = false;
+    opened.write_denied_error = open_error;
   }
 
   // Anything but a file on disk (a console, a pipe, a character device)
@@ -296,29 +334,79 @@ os_result open_regular_file(const char *utf8_path, uint32_t flags, HANDLE *out) 
     CloseHandle(handle);
     return os_failure(IPL_E_NOT_REGULAR_FILE, 0);
   }
-  *out = handle;
+  opened.handle = handle;
+  *out = opened;
   return {};
 }
 
-// ---- Waiting -------------------------------------------------------------------
+// ---- File identity -------------------------------------------------------------
 
-// Jittered back-off so that many pollers do not wake in lock-step.
-class backoff {
- public:
-  std::chrono::microseconds next() {
-    const auto now = current_;
-    current_ = std::min(current_ * 2, kCap);
-    std::uniform_int_distribution<long> jitter(long(now.count()) * 3 / 4,
-                                               long(now.count()) * 5 / 4);
-    return std::chrono::microseconds(jitter(random_));
+// What tells two files apart: the file system's 64-bit file reference
+// (FileInternalInformation, the index GetFileInformationByHandle gives) and
+// the creation time. The reference alone may be reused: FAT derives it from
+// the directory entry's offset, so a file deleted and made again in one
+// folder can get the old one back; ReFS ids are 128 bits wide. A new file
+// never has the old one's creation time as well.
+//
+// The volume serial number is not compared. Windows answers it cheaply, but
+// Wine asks its mount manager, another process (0.3 to 1 ms a call, over
+// ten times a lock and unlock; the CI stress test slowed from 20 to 48 s).
+// A different volume under the same absolute path needs a mount point or
+// junction put in place of a folder on the way, and then a file with our
+// reference and our creation time to the 100 ns.
+struct file_identity {
+  int64_t reference = 0;
+  int64_t created = 0;
+
+  bool operator==(const file_identity &other) const {
+    return reference == other.reference && created == other.created;
   }
-
- private:
-  static constexpr std::chrono::microseconds kFirst{50};
-  static constexpr std::chrono::microseconds kCap{10000};
-  std::chrono::microseconds current_ = kFirst;
-  std::minstd_rand random_{std::random_device{}()};
 };
+
+// ntdll's NtQueryInformationFile, which every Windows process has loaded:
+// kernel32 has no call that gives the file reference without the volume's.
+using query_information_file_fn = decltype(&NtQueryInformationFile);
+
+query_information_file_fn query_information_file() {
+  static const query_information_file_fn fn = [] {
+    const HMODULE ntdll = GetModuleHandleW(L"ntdll.dll");
+    const FARPROC proc = ntdll ? GetProcAddress(ntdll, "NtQueryInformationFile") : nullptr;
+    // Through void(*)(), the one cast -Wcast-function-type allows.
+    return reinterpret_cast<query_information_file_fn>(reinterpret_cast<void (*)()>(proc));
+  }();
+  return fn;
+}
+
+// On failure GetLastError() says why.
+bool identify(HANDLE handle, file_identity *out) {
+  FILE_BASIC_INFO basic;
+  if (!GetFileInformationByHandleEx(handle, FileBasicInfo, &basic, sizeof basic)) return false;
+  out->created = basic.CreationTime.QuadPart;
+  IO_STATUS_BLOCK status_block;
+  LARGE_INTEGER reference;  // FILE_INTERNAL_INFORMATION
+  const query_information_file_fn query = query_information_file();
+  if (query && query(handle, &status_block, &reference, sizeof reference,
+                     FILE_INFORMATION_CLASS(FileInternalInformation)) >= 0) {
+    out->reference = reference.QuadPart;
+    return true;
+  }
+  // The same number, the slow way (and with a GetLastError() on failure).
+  BY_HANDLE_FILE_INFORMATION info;
+  if (!GetFileInformationByHandle(handle, &info)) return false;
+  out->reference = int64_t((uint64_t(info.nFileIndexHigh) << 32) | info.nFileIndexLow);
+  return true;
+}
+
+// Whether the file has been deleted while open (without POSIX semantics its
+// name stays taken until the last handle closes). False where the system
+// cannot say.
+bool is_delete_pending(HANDLE handle) {
+  FILE_STANDARD_INFO info;
+  return GetFileInformationByHandleEx(handle, FileStandardInfo, &info, sizeof info) &&
+         info.DeletePending;
+}
+
+// ---- Waiting -------------------------------------------------------------------
 
 // Sleeps for short intervals. Sleep() counts whole milliseconds on a
 // 15.6 ms tick unless someone raised the timer resolution; a
@@ -364,23 +452,63 @@ BOOL lock_byte_zero(HANDLE handle, DWORD flags) {
   return LockFileEx(handle, flags, 0, 1, 0, &at_zero);
 }
 
+// One lock request for wait_policy: tries with LOCKFILE_FAIL_IMMEDIATELY,
+// a blocking LockFileEx for forever waits (nothing can interrupt it, so
+// timed waits poll), and sleeps on a waitable timer made at the first sleep.
+class lockfileex_attempts final : public lock_attempts {
+ public:
+  lockfileex_attempts(HANDLE handle, lock_mode mode) : handle_(handle), flags_(lock_flags(mode)) {}
+
+  os_result try_lock() override {
+    if (lock_byte_zero(handle_, flags_ | LOCKFILE_FAIL_IMMEDIATELY)) return {};
+    const DWORD err = GetLastError();
+    return is_busy(err) ? os_failure(IPL_E_TIMEOUT, 0) : lock_failure(err);
+  }
+
+  os_result wait_lock() override {
+    // A synchronous handle: LockFileEx returns once the lock is granted.
+    if (lock_byte_zero(handle_, flags_)) return {};
+    return lock_failure(GetLastError());
+  }
+
+  bool wait_is_interruptible() const override { return false; }
+
+  void sleep_until(wait_deadline::clock::time_point until) override {
+    const auto left = until - wait_deadline::clock::now();
+    if (left <= wait_deadline::clock::duration::zero()) return;
+    if (!sleeper_) sleeper_ = std::make_unique<short_sleeper>();
+    // Rounded up, so a sleep to the deadline ends at or after it.
+    sleeper_->sleep_for(std::chrono::duration_cast<std::chrono::microseconds>(left) +
+                        std::chrono::microseconds(1));
+  }
+
+ private:
+  HANDLE handle_;
+  DWORD flags_;
+  std::unique_ptr<short_sleeper> sleeper_;
+};
+
 class win32_lock_file final : public lock_file {
  public:
-  explicit win32_lock_file(HANDLE handle) : handle_(handle) {}
-  ~win32_lock_file() override {
-    // Closing would release too, but Windows may do that late.
-    if (held_) unlock();
-    CloseHandle(handle_);
+  win32_lock_file(std::wstring path, uint32_t flags) : path_(std::move(path)), flags_(flags) {}
+  ~win32_lock_file() override { drop_handle(); }
+
+  os_result open() {
+    opened_handle opened;
+    const os_result result = open_regular_file(path_, flags_, &opened);
+    if (result.status != IPL_OK) return result;
+    if (!identify(opened.handle, &identity_)) {
+      const DWORD err = GetLastError();
+      CloseHandle(opened.handle);
+      return lock_failure(err);
+    }
+    file_ = opened;
+    return {};
   }
 
   os_result lock(lock_mode mode, const wait_deadline &deadline) override {
-    os_result result;
-    if (deadline.is_forever()) {
-      // A synchronous handle: LockFileEx returns once the lock is granted.
-      if (!lock_byte_zero(handle_, lock_flags(mode))) result = lock_failure(GetLastError());
-    } else {
-      result = poll_until(mode, deadline);
-    }
+    lockfileex_attempts attempts(file_.handle, mode);
+    const os_result result = wait_for_lock(attempts, deadline);
     held_ = result.status == IPL_OK;
     return result;
   }
@@ -388,53 +516,86 @@ class win32_lock_file final : public lock_file {
   os_result unlock() override {
     OVERLAPPED at_zero;
     std::memset(&at_zero, 0, sizeof at_zero);
-    if (!UnlockFileEx(handle_, 0, 1, 0, &at_zero)) return lock_failure(GetLastError());
+    if (!UnlockFileEx(file_.handle, 0, 1, 0, &at_zero)) return lock_failure(GetLastError());
     held_ = false;
     return {};
   }
 
- private:
-  // One try, then (for a timed wait) tries with back-off until the deadline.
-  os_result poll_until(lock_mode mode, const wait_deadline &deadline) {
-    const DWORD flags = lock_flags(mode) | LOCKFILE_FAIL_IMMEDIATELY;
-    if (lock_byte_zero(handle_, flags)) return {};
-    DWORD err = GetLastError();
-    if (!is_busy(err)) return lock_failure(err);
-    if (deadline.expired()) return os_failure(IPL_E_TIMEOUT, 0);
+  bool writable() const override { return file_.writable; }
+  int write_denied_error() const override { return int(file_.write_denied_error); }
 
-    backoff delay;
-    short_sleeper sleeper;
-    for (;;) {
-      const auto left = std::chrono::duration_cast<std::chrono::microseconds>(
-          deadline.when() - wait_deadline::clock::now());
-      // Round up, so the last sleep ends at or after the deadline.
-      sleeper.sleep_for(std::min(delay.next(), left + std::chrono::microseconds(1)));
-      if (lock_byte_zero(handle_, flags)) return {};
-      err = GetLastError();
-      if (!is_busy(err)) return lock_failure(err);
-      if (deadline.expired()) return os_failure(IPL_E_TIMEOUT, 0);
+  os_result still_at_path(bool *same) override {
+    *same = false;
+    if (is_delete_pending(file_.handle)) return {};
+    // No data access: no share mode can refuse it, and it locks nothing.
+    HANDLE probe = CreateFileW(path_.c_str(), FILE_READ_ATTRIBUTES,
+                               FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE, nullptr,
+                               OPEN_EXISTING, FILE_ATTRIBUTE_NORMAL, nullptr);
+    if (probe == INVALID_HANDLE_VALUE) {
+      const DWORD err = GetLastError();
+      DWORD ignored = 0;
+      // Gone, or a folder now (which CreateFileW refuses as access denied):
+      // not our file; the reopen reports what the path names.
+      if (err == ERROR_FILE_NOT_FOUND || err == ERROR_PATH_NOT_FOUND || err == ERROR_DIRECTORY ||
+          (err == ERROR_ACCESS_DENIED && kind_of(path_, &ignored) == path_kind::folder))
+        return {};
+      return open_failure(err);
     }
+    file_identity named;
+    const bool known = identify(probe, &named);
+    const DWORD err = GetLastError();
+    CloseHandle(probe);
+    if (!known) return lock_failure(err);
+    *same = named == identity_;
+    return {};
   }
 
-  HANDLE handle_;
+  os_result reopen() override {
+    drop_handle();
+    return open();
+  }
+
+  // Windows has no fork(): a handle never reaches another process.
+  bool inherited() const override { return false; }
+
+ private:
+  // Closing would release too, but Windows may do that late.
+  void drop_handle() {
+    if (file_.handle == INVALID_HANDLE_VALUE) return;
+    if (held_) unlock();
+    CloseHandle(file_.handle);
+    file_ = opened_handle{};
+    held_ = false;
+  }
+
+  const std::wstring path_;  // absolute, from win32_path()
+  const uint32_t flags_;
+  opened_handle file_;
+  file_identity identity_;
   bool held_ = false;
 };
 
 }  // namespace
 
-os_result open_lock_file(const char *path, uint32_t flags, std::unique_ptr<lock_file> *out) {
-  HANDLE handle = INVALID_HANDLE_VALUE;
-  const os_result opened = open_regular_file(path, flags, &handle);
+os_result open_lock_file(const open_request &request, std::unique_ptr<lock_file> *out) {
+  // request.create_mode is ignored: new files inherit their folder's ACL.
+  std::wstring path;
+  const os_result made_path = win32_path(request.path, &path);
+  if (made_path.status != IPL_OK) return made_path;
+  auto file = std::make_unique<win32_lock_file>(std::move(path), request.flags);
+  const os_result opened = file->open();
   if (opened.status != IPL_OK) return opened;
-  try {
-    *out = std::make_unique<win32_lock_file>(handle);
-  } catch (...) {
-    CloseHandle(handle);  // the lock_file never took ownership
-    throw;
-  }
+  *out = std::move(file);
   return {};
 }
 
 const char *backend_name() { return "win32-lockfileex"; }
+
+// ERROR_FILE_INVALID: "the volume for a file has been externally altered so
+// that the opened file is no longer valid".
+const int kReplacedTooOftenError = ERROR_FILE_INVALID;
+
+// No fork() on Windows.
+void notice_fork() {}
 
 }  // namespace ipl::detail

@@ -145,6 +145,21 @@ int count_handles_on_file(const std::string &path);
 // The path of the running test binary.
 std::string self_exe();
 
+// Built with -fsanitize=thread: ThreadSanitizer runs an asynchronous
+// signal's handler only when the thread next enters a function it
+// intercepts, so a handler never runs while a thread is blocked in fcntl().
+#if defined(__SANITIZE_THREAD__)
+constexpr bool kThreadSanitizer = true;
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+constexpr bool kThreadSanitizer = true;
+#else
+constexpr bool kThreadSanitizer = false;
+#endif
+#else
+constexpr bool kThreadSanitizer = false;
+#endif
+
 // ---- Lock modes and the lock agent ----------------------------------------
 
 // ipl_acquire and ipl_acquire_write are distinct entry points of one mode, so

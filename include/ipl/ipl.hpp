@@ -1,10 +1,13 @@
+// SPDX-License-Identifier: MIT
 // ipl.hpp — header-only C++17 wrapper over the libipl C API (ipl.h).
 //
 // Everything here is a translation of ipl.h into C++ shapes; the behaviour
 // (what conflicts with what, how waits are measured, what each status means)
 // is the C API's and is documented there.
 //
-//   ipl::error                 an exception carrying an IPL_E_* status
+//   ipl::error                 the exception: a std::system_error whose code()
+//                              is the IPL_E_* status in ipl::category(), with
+//                              the OS error and the lock file's path
 //   ipl::process_lock          exclusive lock on a lock file (TimedLockable)
 //   ipl::shared_process_lock   reader-writer lock on a lock file
 //                              (TimedLockable and SharedTimedLockable)
@@ -46,12 +49,20 @@
 #ifndef IPL_IPL_HPP
 #define IPL_IPL_HPP
 
+// One clear error instead of a page of them: the wrapper is C++17 (inline
+// variables, if constexpr, std::invoke_result_t). Older C++ can use ipl.h.
+#if defined(_MSVC_LANG) ? (_MSVC_LANG < 201703L) : (__cplusplus < 201703L)
+#error "ipl.hpp needs C++17 or later (e.g. -std=c++17); before C++17, use the C API <ipl/ipl.h>"
+#else
+
 #include <ipl/ipl.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <ratio>
 #include <stdexcept>
 #include <string>
@@ -71,39 +82,159 @@ inline constexpr std::chrono::milliseconds max_wait =
 
 namespace wrapper_detail {
 
-// "<ipl_strerror text>" or, with an OS error, "<text>: <OS text> (OS error N)".
-inline std::string describe(int status, int os_error) {
+// "<ipl_strerror text>", then ": <OS text> (OS error N)" with an OS error,
+// then ": '<path>'" with a path.
+inline std::string describe(int status, int os_error, const std::string &path) {
   std::string text = ipl_strerror(status);
   if (os_error != 0) {
     text += ": " + std::system_category().message(os_error) +
             " (OS error " + std::to_string(os_error) + ")";
   }
+  if (!path.empty()) text += ": '" + path + "'";
   return text;
 }
 
+// The error category of libipl's statuses (see ipl::category()).
+class status_category final : public std::error_category {
+ public:
+  const char *name() const noexcept override { return "ipl"; }
+  std::string message(int status) const override { return ipl_strerror(status); }
+  // Lets code compare with the portable conditions: e.code() ==
+  // std::errc::timed_out, std::errc::resource_deadlock_would_occur, ...
+  std::error_condition default_error_condition(int status) const noexcept override {
+    switch (status) {
+      case IPL_E_TIMEOUT: return std::errc::timed_out;
+      case IPL_E_INVALID: return std::errc::invalid_argument;
+      case IPL_E_NOT_HELD: return std::errc::operation_not_permitted;
+      case IPL_E_WOULD_DEADLOCK: return std::errc::resource_deadlock_would_occur;
+      case IPL_E_ACCESS: return std::errc::permission_denied;
+      case IPL_E_NAME_TOO_LONG: return std::errc::filename_too_long;
+      case IPL_E_NO_MEMORY: return std::errc::not_enough_memory;
+      case IPL_E_BAD_PARENT: return std::errc::not_a_directory;
+      case IPL_E_UNSUPPORTED: return std::errc::not_supported;
+      case IPL_E_SIGNAL_IN_USE: return std::errc::device_or_resource_busy;
+      default: return std::error_condition(status, *this);
+    }
+  }
+};
+
 }  // namespace wrapper_detail
 
-// The exception thrown for every failure other than "held elsewhere" in a
-// try_lock*. what() is ipl_strerror(status()), followed by the OS text and
-// number when os_error() is not 0.
-class error : public std::runtime_error {
- public:
-  explicit error(int status, int os_error = 0)
-      : std::runtime_error(wrapper_detail::describe(status, os_error)),
-        status_(status),
-        os_error_(os_error) {}
+// The std::error_category of libipl's IPL_E_* statuses: name() "ipl",
+// message() ipl_strerror(). Its conditions map onto std::errc where one
+// fits (IPL_E_TIMEOUT is std::errc::timed_out, and so on).
+inline const std::error_category &category() noexcept {
+  static const wrapper_detail::status_category instance;
+  return instance;
+}
 
-  // The IPL_E_* status (negative).
-  int status() const noexcept { return status_; }
+// The exception thrown for every failure other than "held elsewhere" in a
+// try_lock*. A std::system_error: code() is the IPL_E_* status in
+// ipl::category(). what() is ipl_strerror(status()), followed by the OS text
+// and number when os_error() is not 0, and by the path when there is one.
+class error : public std::system_error {
+ public:
+  explicit error(int status, int os_error = 0, std::string path = std::string())
+      : std::system_error(std::error_code(status, category())),
+        os_error_(os_error),
+        detail_(std::make_shared<const detail_text>(
+            detail_text{wrapper_detail::describe(status, os_error, path), std::move(path)})) {}
+
+  // The IPL_E_* status (negative); code().value().
+  int status() const noexcept { return code().value(); }
   // The errno / GetLastError() value behind an OS-derived status; else 0.
   int os_error() const noexcept { return os_error_; }
+  // The same as a std::error_code in std::system_category() (errno values
+  // compare equal to std::errc), or an empty error_code when there is none.
+  std::error_code os_error_code() const noexcept {
+    return os_error_ != 0 ? std::error_code(os_error_, std::system_category())
+                          : std::error_code();
+  }
+  // The lock file's path, as given to the lock object ("" when unknown).
+  const std::string &path() const noexcept { return detail_->path; }
+  const char *what() const noexcept override { return detail_->what.c_str(); }
 
  private:
-  int status_;
+  // Shared, so that copying an exception never allocates (or throws).
+  struct detail_text {
+    std::string what;
+    std::string path;
+  };
   int os_error_;
+  std::shared_ptr<const detail_text> detail_;
 };
 
 namespace wrapper_detail {
+
+// What a lock object has taken and not yet released.
+enum held_mode : int { held_none = 0, held_exclusive = 1, held_shared = 2 };
+
+// Sole owner of one ipl_lock handle: opens it, closes it exactly once, and
+// keeps the path it was opened with for the errors it throws, and what the
+// object holds (so that unlocking in a forked child is not an error: see
+// released()).
+class handle_owner {
+ public:
+  handle_owner() noexcept = default;
+  handle_owner(const char *path, uint32_t flags) : path_(path != nullptr ? path : "") {
+    int os_error = 0;
+    const int status = ipl_open_ex(path, flags, &handle_, &os_error);
+    if (status != IPL_OK) throw error(status, os_error, path_);
+  }
+  handle_owner(const std::string &path, uint32_t flags)
+      : handle_owner(c_path(path), flags) {}
+
+  handle_owner(handle_owner &&other) noexcept
+      : handle_(std::exchange(other.handle_, nullptr)),
+        path_(std::move(other.path_)),
+        held_(other.held_.exchange(held_none)) {}
+  handle_owner &operator=(handle_owner &&other) noexcept {
+    if (this != &other) {
+      close();
+      handle_ = std::exchange(other.handle_, nullptr);
+      path_ = std::move(other.path_);
+      held_.store(other.held_.exchange(held_none));
+    }
+    return *this;
+  }
+  handle_owner(const handle_owner &) = delete;
+  handle_owner &operator=(const handle_owner &) = delete;
+  ~handle_owner() { close(); }
+
+  // ipl_close releases whatever the handle holds; NULL is a no-op there.
+  void close() noexcept {
+    ipl_close(std::exchange(handle_, nullptr));
+    held_.store(held_none);
+  }
+  ipl_lock *get() const noexcept { return handle_; }
+  const std::string &path() const noexcept { return path_; }
+
+  void taken(held_mode mode) noexcept { held_.store(mode); }
+  // The release of `mode` returned `status`. IPL_E_NOT_HELD while this
+  // object took `mode` means the handle came from the parent of a forked
+  // child, where it holds nothing (ipl.h, "fork()"): there is nothing to
+  // release, and a std::unique_lock unwound in the child must not throw.
+  // True when there is nothing more to report.
+  bool released(int status, held_mode mode) noexcept {
+    if (status == IPL_OK) {
+      held_.store(held_none);
+      return true;
+    }
+    int expected = mode;
+    return status == IPL_E_NOT_HELD && held_.compare_exchange_strong(expected, held_none);
+  }
+
+ private:
+  // A std::string with a NUL inside would silently name a shorter path.
+  static const char *c_path(const std::string &path) {
+    if (path.find('\0') != std::string::npos) throw error(IPL_E_INVALID, 0, path);
+    return path.c_str();
+  }
+
+  ipl_lock *handle_ = nullptr;
+  std::string path_;
+  std::atomic<int> held_{held_none};
+};
 
 // Statuses that come from libipl's own rules carry no OS error; for the
 // others the handle's ipl_os_error() says which one.
@@ -122,17 +253,30 @@ inline bool is_os_derived(int status) noexcept {
 }
 
 // Throws ipl::error unless status is IPL_OK.
-inline void check(int status, const ipl_lock *handle) {
+inline void check(int status, const handle_owner &file) {
   if (status != IPL_OK)
-    throw error(status, is_os_derived(status) ? ipl_os_error(handle) : 0);
+    throw error(status, is_os_derived(status) ? ipl_os_error(file.get()) : 0, file.path());
 }
 
-// The result of an acquire: true when granted, false when held elsewhere
-// (IPL_E_TIMEOUT); throws ipl::error for anything else.
-inline bool acquired(int status, const ipl_lock *handle) {
+// The result of an acquire of `mode`: true when granted, false when held
+// elsewhere (IPL_E_TIMEOUT); throws ipl::error for anything else.
+inline bool acquired(int status, handle_owner &file, held_mode mode) {
   if (status == IPL_E_TIMEOUT) return false;
-  check(status, handle);
+  check(status, file);
+  file.taken(mode);
   return true;
+}
+
+// A blocking acquire of `mode`: throws ipl::error unless granted.
+inline void locked(int status, handle_owner &file, held_mode mode) {
+  check(status, file);
+  file.taken(mode);
+}
+
+// A release of `mode`: throws ipl::error unless released (or inherited
+// across fork, see handle_owner::released).
+inline void unlocked(int status, handle_owner &file, held_mode mode) {
+  if (!file.released(status, mode)) check(status, file);
 }
 
 // The C API's timeout_ms for a relative wait (see "Timeouts" above).
@@ -165,45 +309,6 @@ int64_t timeout_ms_until(const std::chrono::time_point<Clock, Duration> &deadlin
   return timeout_ms_for(deadline - now);
 }
 
-// Sole owner of one ipl_lock handle: opens it, closes it exactly once.
-class handle_owner {
- public:
-  handle_owner() noexcept = default;
-  handle_owner(const char *path, uint32_t flags) {
-    int os_error = 0;
-    const int status = ipl_open_ex(path, flags, &handle_, &os_error);
-    if (status != IPL_OK) throw error(status, os_error);
-  }
-  handle_owner(const std::string &path, uint32_t flags)
-      : handle_owner(c_path(path), flags) {}
-
-  handle_owner(handle_owner &&other) noexcept
-      : handle_(std::exchange(other.handle_, nullptr)) {}
-  handle_owner &operator=(handle_owner &&other) noexcept {
-    if (this != &other) {
-      close();
-      handle_ = std::exchange(other.handle_, nullptr);
-    }
-    return *this;
-  }
-  handle_owner(const handle_owner &) = delete;
-  handle_owner &operator=(const handle_owner &) = delete;
-  ~handle_owner() { close(); }
-
-  // ipl_close releases whatever the handle holds; NULL is a no-op there.
-  void close() noexcept { ipl_close(std::exchange(handle_, nullptr)); }
-  ipl_lock *get() const noexcept { return handle_; }
-
- private:
-  // A std::string with a NUL inside would silently name a shorter path.
-  static const char *c_path(const std::string &path) {
-    if (path.find('\0') != std::string::npos) throw error(IPL_E_INVALID);
-    return path.c_str();
-  }
-
-  ipl_lock *handle_ = nullptr;
-};
-
 }  // namespace wrapper_detail
 
 // An exclusive inter-process lock on one lock file (ipl_acquire /
@@ -214,6 +319,8 @@ class handle_owner {
 // An empty object (default-constructed, moved-from or closed) holds no
 // handle; every lock call on it throws ipl::error(IPL_E_INVALID).
 class process_lock {
+  static constexpr wrapper_detail::held_mode kExclusive = wrapper_detail::held_exclusive;
+
  public:
   using native_handle_type = ipl_lock *;
 
@@ -240,30 +347,30 @@ class process_lock {
   // Blocks until the lock is granted. Throws ipl::error, e.g.
   // IPL_E_WOULD_DEADLOCK when this object already holds it.
   void lock() {
-    wrapper_detail::check(ipl_acquire(handle(), IPL_WAIT_FOREVER), handle());
+    wrapper_detail::locked(ipl_acquire(handle(), IPL_WAIT_FOREVER), file_, kExclusive);
   }
   // Tries once, never sleeps. true: granted; false: held elsewhere.
   // Throws ipl::error otherwise (e.g. IPL_E_WOULD_DEADLOCK).
   bool try_lock() {
-    return wrapper_detail::acquired(ipl_acquire(handle(), 0), handle());
+    return wrapper_detail::acquired(ipl_acquire(handle(), 0), file_, kExclusive);
   }
   // Waits at most `wait` (rounded up to whole ms). As try_lock otherwise.
   template <class Rep, class Period>
   bool try_lock_for(const std::chrono::duration<Rep, Period> &wait) {
     return wrapper_detail::acquired(
-        ipl_acquire(handle(), wrapper_detail::timeout_ms_for(wait)), handle());
+        ipl_acquire(handle(), wrapper_detail::timeout_ms_for(wait)), file_, kExclusive);
   }
   // Waits until `deadline` of any clock. As try_lock otherwise.
   template <class Clock, class Duration>
   bool try_lock_until(const std::chrono::time_point<Clock, Duration> &deadline) {
     return wrapper_detail::acquired(
-        ipl_acquire(handle(), wrapper_detail::timeout_ms_until(deadline)), handle());
+        ipl_acquire(handle(), wrapper_detail::timeout_ms_until(deadline)), file_, kExclusive);
   }
   // Releases the lock. Throws ipl::error(IPL_E_NOT_HELD) when this object
-  // does not hold it; never throws when it does (so a std::unique_lock
-  // destructor calling it is safe unless the lock was released behind the
-  // guard's back).
-  void unlock() { wrapper_detail::check(ipl_release(handle()), handle()); }
+  // did not take it; never throws when it did (so a std::unique_lock
+  // destructor calling it is safe), also in a forked child, where the
+  // object holds nothing and unlock() does nothing (ipl.h, "fork()").
+  void unlock() { wrapper_detail::unlocked(ipl_release(handle()), file_, kExclusive); }
 
   // Closes the handle (releasing the lock if held); the object becomes
   // empty. Calling it again, or on an empty object, does nothing.
@@ -273,6 +380,8 @@ class process_lock {
   // The C handle, still owned by this object (NULL when empty), for mixing
   // with ipl.h calls.
   native_handle_type native_handle() const noexcept { return file_.get(); }
+  // The lock file's path, as given ("" for an empty object).
+  const std::string &path() const noexcept { return file_.path(); }
 
  private:
   ipl_lock *handle() const noexcept { return file_.get(); }
@@ -290,6 +399,9 @@ class process_lock {
 //
 // Construction, moving, closing and empty objects are as for process_lock.
 class shared_process_lock {
+  static constexpr wrapper_detail::held_mode kExclusive = wrapper_detail::held_exclusive;
+  static constexpr wrapper_detail::held_mode kShared = wrapper_detail::held_shared;
+
  public:
   using native_handle_type = ipl_lock *;
 
@@ -307,53 +419,56 @@ class shared_process_lock {
 
   // ---- Exclusive (write): as process_lock.
   void lock() {
-    wrapper_detail::check(ipl_acquire_write(handle(), IPL_WAIT_FOREVER), handle());
+    wrapper_detail::locked(ipl_acquire_write(handle(), IPL_WAIT_FOREVER), file_, kExclusive);
   }
   bool try_lock() {
-    return wrapper_detail::acquired(ipl_acquire_write(handle(), 0), handle());
+    return wrapper_detail::acquired(ipl_acquire_write(handle(), 0), file_, kExclusive);
   }
   template <class Rep, class Period>
   bool try_lock_for(const std::chrono::duration<Rep, Period> &wait) {
     return wrapper_detail::acquired(
-        ipl_acquire_write(handle(), wrapper_detail::timeout_ms_for(wait)), handle());
+        ipl_acquire_write(handle(), wrapper_detail::timeout_ms_for(wait)), file_, kExclusive);
   }
   template <class Clock, class Duration>
   bool try_lock_until(const std::chrono::time_point<Clock, Duration> &deadline) {
     return wrapper_detail::acquired(
-        ipl_acquire_write(handle(), wrapper_detail::timeout_ms_until(deadline)),
-        handle());
+        ipl_acquire_write(handle(), wrapper_detail::timeout_ms_until(deadline)), file_,
+        kExclusive);
   }
-  // Throws ipl::error(IPL_E_NOT_HELD) unless this object holds the
-  // exclusive lock (a shared lock it holds is kept).
-  void unlock() { wrapper_detail::check(ipl_release_write(handle()), handle()); }
+  // Throws ipl::error(IPL_E_NOT_HELD) unless this object took the
+  // exclusive lock (a shared lock it holds is kept). In a forked child it
+  // does nothing, as process_lock::unlock.
+  void unlock() { wrapper_detail::unlocked(ipl_release_write(handle()), file_, kExclusive); }
 
   // ---- Shared (read): the same contract, in shared mode.
   void lock_shared() {
-    wrapper_detail::check(ipl_acquire_read(handle(), IPL_WAIT_FOREVER), handle());
+    wrapper_detail::locked(ipl_acquire_read(handle(), IPL_WAIT_FOREVER), file_, kShared);
   }
   bool try_lock_shared() {
-    return wrapper_detail::acquired(ipl_acquire_read(handle(), 0), handle());
+    return wrapper_detail::acquired(ipl_acquire_read(handle(), 0), file_, kShared);
   }
   template <class Rep, class Period>
   bool try_lock_shared_for(const std::chrono::duration<Rep, Period> &wait) {
     return wrapper_detail::acquired(
-        ipl_acquire_read(handle(), wrapper_detail::timeout_ms_for(wait)), handle());
+        ipl_acquire_read(handle(), wrapper_detail::timeout_ms_for(wait)), file_, kShared);
   }
   template <class Clock, class Duration>
   bool try_lock_shared_until(
       const std::chrono::time_point<Clock, Duration> &deadline) {
     return wrapper_detail::acquired(
-        ipl_acquire_read(handle(), wrapper_detail::timeout_ms_until(deadline)),
-        handle());
+        ipl_acquire_read(handle(), wrapper_detail::timeout_ms_until(deadline)), file_, kShared);
   }
-  // Throws ipl::error(IPL_E_NOT_HELD) unless this object holds a shared
-  // lock (an exclusive lock it holds is kept).
-  void unlock_shared() { wrapper_detail::check(ipl_release_read(handle()), handle()); }
+  // Throws ipl::error(IPL_E_NOT_HELD) unless this object took a shared
+  // lock (an exclusive lock it holds is kept). In a forked child it does
+  // nothing, as process_lock::unlock.
+  void unlock_shared() { wrapper_detail::unlocked(ipl_release_read(handle()), file_, kShared); }
 
   void close() noexcept { file_.close(); }
   bool is_open() const noexcept { return file_.get() != nullptr; }
   explicit operator bool() const noexcept { return is_open(); }
   native_handle_type native_handle() const noexcept { return file_.get(); }
+  // The lock file's path, as given ("" for an empty object).
+  const std::string &path() const noexcept { return file_.path(); }
 
  private:
   ipl_lock *handle() const noexcept { return file_.get(); }
@@ -455,4 +570,5 @@ interprocess_write_locked(std::string path, F &&function, uint32_t flags = 0) {
 
 }  // namespace ipl
 
+#endif  // C++17
 #endif  // IPL_IPL_HPP

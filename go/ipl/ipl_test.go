@@ -1,9 +1,13 @@
+// SPDX-License-Identifier: MIT
+
 package ipl
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -94,7 +98,7 @@ func mustOpen(t *testing.T, path string) *Lock {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(lock.Close)
+	t.Cleanup(func() { lock.Close() })
 	return lock
 }
 
@@ -496,5 +500,149 @@ func TestErrors(t *testing.T) {
 	lock.Close() // a second Close is a no-op
 	if StatusTimeout.String() == StatusNotHeld.String() || Version() == "" {
 		t.Fatal("status texts or version not read from the library")
+	}
+
+	// The OS error behind a status is reachable through errors.Is/As.
+	missing := filepath.Join(dir, "missing.lock")
+	_, err := Open(missing, NoCreate())
+	var iplErr *Error
+	if !errors.Is(err, fs.ErrNotExist) || !errors.Is(err, StatusOS) || !errors.As(err, &iplErr) ||
+		iplErr.OSError != int(syscall.ENOENT) || iplErr.Path != missing {
+		t.Fatalf("Open(NoCreate) of a missing file: %v", err)
+	}
+	if _, err := os.Stat(missing); err == nil {
+		t.Fatal("NoCreate created the file")
+	}
+	if _, err := Open(filepath.Join(dir, "a", "b.lock"), NoCreateDirs()); !errors.Is(err, StatusBadParent) {
+		t.Fatal("NoCreateDirs with a missing folder:", err)
+	}
+	if _, err := Open(filepath.Join(dir, "a\x00b")); !errors.Is(err, StatusInvalid) {
+		t.Fatal("a path with a NUL:", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "a")); err == nil {
+		t.Fatal("the path before the NUL was created")
+	}
+}
+
+// Catches: a cancelled context that does not end the wait (or ends it late),
+// a context wait that leaves the lock held when it gives up, a deadline
+// that ends it early, and a context wait that misses the release.
+func TestLockContext(t *testing.T) {
+	path := lockPath(t)
+	holder := mustOpen(t, path)
+	if err := holder.Lock(); err != nil {
+		t.Fatal(err)
+	}
+	waiter := mustOpen(t, path)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	var cancelledAt time.Time
+	go func() {
+		time.Sleep(150 * time.Millisecond)
+		cancelledAt = time.Now()
+		cancel()
+	}()
+	start := time.Now()
+	err := waiter.LockContext(ctx)
+	returned := time.Now()
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("LockContext with a cancelled context: %v", err)
+	}
+	if returned.Sub(start) < 150*time.Millisecond || returned.Sub(cancelledAt) > time.Second {
+		t.Fatalf("LockContext returned %v after it started, %v after the cancel",
+			returned.Sub(start), returned.Sub(cancelledAt))
+	}
+	t.Logf("cancel -> LockContext returned in %v", returned.Sub(cancelledAt))
+
+	deadline, stop := context.WithTimeout(context.Background(), 120*time.Millisecond)
+	defer stop()
+	start = time.Now()
+	if err := waiter.RLockContext(deadline); !errors.Is(err, context.DeadlineExceeded) ||
+		time.Since(start) < 120*time.Millisecond {
+		t.Fatalf("RLockContext past its deadline: %v after %v", err, time.Since(start))
+	}
+	if err := holder.Unlock(); err != nil {
+		t.Fatal(err)
+	}
+	if !otherCanLock(t, path) {
+		t.Fatal("a cancelled LockContext left the lock held")
+	}
+
+	if err := holder.Lock(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		time.Sleep(100 * time.Millisecond)
+		holder.Unlock()
+	}()
+	long, stopLong := context.WithTimeout(context.Background(), bound)
+	defer stopLong()
+	if err := waiter.LockContext(long); err != nil {
+		t.Fatal("LockContext did not get the released lock:", err)
+	}
+	if otherCanLock(t, path) {
+		t.Fatal("LockContext returned nil without the lock")
+	}
+	if err := waiter.Unlock(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Catches: Close racing a call in flight (a handle freed under a waiting
+// goroutine), and a Close that leaves a lock taken after it held.
+func TestCloseWhileAnotherGoroutineWaits(t *testing.T) {
+	path := lockPath(t)
+	holder := mustOpen(t, path)
+	if err := holder.Lock(); err != nil {
+		t.Fatal(err)
+	}
+	waiter := mustOpen(t, path)
+	done := make(chan error, 1)
+	go func() { done <- waiter.Lock() }()
+	time.Sleep(100 * time.Millisecond)
+	waiter.Close() // the Lock call keeps the handle until it returns
+	if _, err := waiter.TryLock(); !errors.Is(err, StatusInvalid) {
+		t.Fatal("TryLock after Close:", err)
+	}
+	if err := holder.Unlock(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal("the waiting Lock:", err)
+		}
+	case <-time.After(bound):
+		t.Fatal("the waiting Lock never returned")
+	}
+	// The waiter got the lock after Close: closing the handle released it.
+	deadline := time.Now().Add(bound)
+	for !otherCanLock(t, path) {
+		if time.Now().After(deadline) {
+			t.Fatal("the lock taken after Close stays held")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// Catches: CreateMode not reaching ipl_open_mode, or the umask applied to it.
+func TestCreateMode(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "sub", "group.lock")
+	old := syscall.Umask(0o077)
+	lock, err := Open(path, CreateMode(0o664))
+	syscall.Umask(old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lock.Close()
+	info, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Mode().Perm() != 0o664 {
+		t.Fatalf("mode %v, want 0664", info.Mode().Perm())
+	}
+	if _, err := Open(path, CreateMode(0o1000)); !errors.Is(err, StatusInvalid) {
+		t.Fatal("CreateMode(01000):", err)
 	}
 }

@@ -1,3 +1,0 @@
-module libipl.test/ipl
-
-go 1.19
