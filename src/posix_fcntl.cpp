@@ -281,8 +281,15 @@ os_result create_parent_dirs(const std::string &path, int create_mode) {
     if (path[slash - 1] == '/') continue;  // "a//b"
     const std::string prefix = path.substr(0, slash);
     if (sys::calls.mkdir(prefix.c_str(), dir_mode) == 0) {
-      // Ours: give it the exact mode the umask took bits from.
-      if (exact && sys::calls.chmod(prefix.c_str(), dir_mode) != 0) return open_failure(errno);
+      // Ours: give it the exact mode the umask took bits from, keeping the
+      // set-group-ID bit it inherited from a group-shared parent (so that
+      // files made below it keep the group).
+      if (exact) {
+        struct stat made;
+        if (sys::calls.stat(prefix.c_str(), &made) != 0) return open_failure(errno);
+        if (sys::calls.chmod(prefix.c_str(), dir_mode | (made.st_mode & S_ISGID)) != 0)
+          return open_failure(errno);
+      }
       continue;
     }
     const int err = errno;

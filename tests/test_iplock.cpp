@@ -703,3 +703,165 @@ TEST(IplockSignals, SignalIgnoredOnEntryStaysIgnoredForTheCommand) {
 }
 
 }  // namespace
+
+// ---- Closed standard streams ----------------------------------------------------
+// A program started with closed standard streams gets the lowest free
+// descriptors for whatever it opens next: the lock descriptor must not be
+// one of them, or "stderr" is the lock file. iplock is started through
+// /bin/sh here (not iplock_exec_clean), since the shell's `<&- >&- 2>&-`
+// is the case to reproduce.
+
+namespace {
+
+// Runs `iplock ARGS... REDIRECTIONS` under /bin/sh and returns the line the
+// shell prints after it: "exit N".
+std::string run_iplock_in_shell(const std::vector<std::string> &args,
+                                const std::string &redirections) {
+  std::string script = "\"$0\"";
+  for (size_t i = 1; i <= args.size(); ++i) script += " \"$" + std::to_string(i) + "\"";
+  script += " " + redirections + "; echo \"exit $?\"";
+  std::vector<std::string> argv{"/bin/sh", "-c", script, iplock_path()};
+  argv.insert(argv.end(), args.begin(), args.end());
+  child_process shell = child_process::program(argv);
+  std::string line;
+  if (!shell.read_line(&line)) line = "<no answer from the shell>";
+  const int status = describe_status(shell.wait());
+  if (status != 0) line += " (shell ended with " + std::to_string(status) + ")";
+  return line;
+}
+
+// Catches: the lock descriptor on 0, 1 or 2 when iplock starts with closed
+// standard streams, so the "command not found" message (written to
+// "stderr" by iplock's child after the fork) lands in the lock file.
+TEST(IplockClosedStdio, CommandNotFoundLeavesTheLockFileEmpty) {
+  temp_dir dir;
+  const std::string lock = dir.path("lock");
+  EXPECT_EQ(run_iplock_in_shell({lock, "ipl-test-no-such-command"}, "<&- >&- 2>&-"), "exit 127");
+  EXPECT_EQ(read_file(lock), "") << "something was written into the lock file";
+  // The lock was released: another iplock takes it at once.
+  EXPECT_EQ(run_iplock(dir, {"-n", lock, "true"}).exit_code, 0);
+}
+
+}  // namespace
+
+// ---- Read-only lock files ---------------------------------------------------------
+// A lock file another user created with mode 0644 (as under umask 022):
+// iplock -s runs the command, since a read lock needs only read access;
+// iplock -x fails at once and says why. CI runs as root, so iplock runs as
+// uid/gid 65534 through the helper iplock_exec_as; these tests skip when
+// not run as root.
+
+#include <grp.h>  // setgroups(), for iplock_exec_as
+
+namespace {
+
+// args: UID GID STDERR_FILE PROGRAM ARG... Sends stderr to STDERR_FILE
+// (opened before the switch, in the test's folder), becomes UID/GID with no
+// supplementary groups, then goes on as iplock_exec_clean.
+IPL_TEST_HELPER(iplock_exec_as) {
+  if (args.size() < 4) return 90;
+  if (!std::freopen(args[2].c_str(), "w", stderr)) return 91;
+  if (setgroups(0, nullptr) != 0 || setgid(gid_t(std::atoi(args[1].c_str()))) != 0 ||
+      setuid(uid_t(std::atoi(args[0].c_str()))) != 0) {
+    std::perror("iplock_exec_as");
+    return 93;
+  }
+  std::vector<std::string> rest{"-", "0"};
+  rest.insert(rest.end(), args.begin() + 3, args.end());
+  return ipl_helper_iplock_exec_clean(rest);
+}
+
+// Starts `iplock ARGS...` as uid/gid 65534, its stderr going to ERR_FILE.
+child_process start_iplock_as_nobody(const std::vector<std::string> &args,
+                                     const std::string &err_file) {
+  return child_process::helper("iplock_exec_as",
+                               concat({"65534", "65534", err_file, iplock_path()}, args));
+}
+
+// run_iplock, as uid/gid 65534.
+finished_run run_iplock_as_nobody(const temp_dir &dir, const std::vector<std::string> &args) {
+  const std::string err_file = dir.path("iplock-nobody.stderr");
+  const auto start = clock_type::now();
+  child_process iplock = start_iplock_as_nobody(args, err_file);
+  finished_run run;
+  std::string line;
+  while (iplock.read_line(&line)) run.out.push_back(line);
+  run.exit_code = describe_status(iplock.wait());
+  run.elapsed = std::chrono::duration_cast<std::chrono::milliseconds>(clock_type::now() - start);
+  run.err = read_file(err_file);
+  return run;
+}
+
+// A root-owned 0644 lock file in a folder everyone may enter.
+std::string make_root_owned_lock_file(const temp_dir &dir) {
+  const std::string lock = dir.path("lock");
+  EXPECT_EQ(chmod(dir.root().c_str(), 0755), 0);
+  std::ofstream(lock).close();
+  EXPECT_EQ(chmod(lock.c_str(), 0644), 0);
+  return lock;
+}
+
+// Catches: iplock -s refusing a lock file it may read (the old code:
+// ipl_open fails, exit 66), a shared lock that is no lock (root's -n gets
+// in while it runs), or one that is not a real try (no conflict with root's
+// exclusive holder).
+TEST(IplockReadOnly, SharedLockOnAnotherUsersFileRunsTheCommand) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root to run iplock as another user";
+  temp_dir dir;
+  const std::string lock = make_root_owned_lock_file(dir);
+
+  const finished_run run = run_iplock_as_nobody(dir, {"-s", lock, "echo", "ran"});
+  EXPECT_EQ(run.exit_code, 0) << run.err;
+  EXPECT_EQ(run.out, std::vector<std::string>{"ran"});
+
+  child_process shared_holder = start_iplock_as_nobody(
+      concat({"-s", lock}, helper_command("iplock_wait_for_line")),
+      dir.path("holder.stderr"));
+  ASSERT_TRUE(shared_holder.expect_line("ready")) << read_file(dir.path("holder.stderr"));
+  EXPECT_EQ(run_iplock(dir, {"-n", lock, "true"}).exit_code, 1);
+  EXPECT_EQ(run_iplock(dir, {"-s", "-n", lock, "true"}).exit_code, 0);
+  tell(shared_holder, "release");
+  EXPECT_EQ(describe_status(shared_holder.wait()), 0);
+
+  lock_holder holder(lock);
+  ASSERT_TRUE(holder.wait_until_held());
+  const finished_run conflict = run_iplock_as_nobody(dir, {"-s", "-n", lock, "echo", "ran"});
+  EXPECT_EQ(conflict.exit_code, 1) << conflict.err;
+  EXPECT_TRUE(conflict.out.empty());
+  EXPECT_EQ(holder.release(), 0);
+}
+
+// Catches: iplock -x on a file it may only read waiting (here for ever:
+// the lock is held elsewhere), running the command anyway, reporting a
+// conflict (1) or a locking failure (71) instead of 66 (iplock(1): "an
+// exclusive lock was asked on a file that could be opened read-only
+// only"), or a message that does not say that write access is missing.
+// (The old code also exits 66, but at ipl_open, and -s fails the same way:
+// the test above.)
+TEST(IplockReadOnly, ExclusiveLockOnAnotherUsersFileFailsAtOnceWithAMessage) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root to run iplock as another user";
+  temp_dir dir;
+  const std::string lock = make_root_owned_lock_file(dir);
+  lock_holder holder(lock);
+  ASSERT_TRUE(holder.wait_until_held());
+
+  const std::vector<std::vector<std::string>> exclusive_runs = {
+      {"-x", lock, "echo", "ran"},
+      {lock, "echo", "ran"},
+      {"-w", "30", lock, "echo", "ran"},
+      {"-n", lock, "echo", "ran"},
+  };
+  for (const auto &args : exclusive_runs) {
+    std::string shown;
+    for (const auto &arg : args) shown += "'" + arg + "' ";
+    const finished_run run = run_iplock_as_nobody(dir, args);
+    EXPECT_EQ(run.exit_code, 66) << shown << run.err;
+    EXPECT_TRUE(run.out.empty()) << shown << "ran the command";
+    EXPECT_LT(run.elapsed, 10s) << shown << "waited";
+    EXPECT_NE(run.err.find(lock), std::string::npos) << shown << run.err;
+    EXPECT_NE(run.err.find("write access"), std::string::npos) << shown << run.err;
+  }
+  EXPECT_EQ(holder.release(), 0);
+}
+
+}  // namespace

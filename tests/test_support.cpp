@@ -231,9 +231,13 @@ void child_process::reap_if_running() {
   to_child_ = from_child_ = -1;
   if (pid_ > 0) {
     kill(pid_, SIGKILL);
+    // Bounded: a child stuck in an uninterruptible call (a lock on a FUSE
+    // mount whose daemon never answers) dies only when that call ends. It
+    // is then left unreaped rather than hanging the test binary.
+    const int64_t deadline = now_ms() + kBound.count();
     int status = 0;
-    while (waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
-    }
+    while (waitpid(pid_, &status, WNOHANG) == 0 && now_ms() < deadline)
+      std::this_thread::sleep_for(2ms);
     pid_ = -1;
   }
 }

@@ -136,6 +136,9 @@ extern "C" {
 #define IPL_E_UNSUPPORTED (-12)
 /* ipl_set_wait_signal(): the application has a handler on that signal. */
 #define IPL_E_SIGNAL_IN_USE (-13)
+/* The wait was ended by ipl_cancel(). Nothing was acquired; a lock the
+ * handle held before the call (ipl_upgrade) is kept. */
+#define IPL_E_CANCELED (-14)
 
 /* Wait without a time limit. */
 #define IPL_WAIT_FOREVER (-1)
@@ -187,7 +190,8 @@ IPL_API int ipl_open_ex(const char *path, uint32_t flags, ipl_lock **out,
  * to a lock file this call creates, whatever the process umask (libipl
  * never changes the umask: it sets the mode with fchmod() on the file it
  * has just created). Parent folders it creates get create_mode plus search
- * (x) permission wherever create_mode gives read (0664 -> 0775). An
+ * (x) permission wherever create_mode gives read (0664 -> 0775), and keep
+ * the set-group-ID bit a group-shared parent folder passes on to them. An
  * existing file or folder is never changed. On Windows create_mode is
  * checked and otherwise ignored (files inherit their folder's ACL).
  * Returns as ipl_open_ex; IPL_E_INVALID also for create_mode > 0777. */
@@ -222,6 +226,84 @@ IPL_API int ipl_acquire_read(ipl_lock *lock, int64_t timeout_ms);
 IPL_API int ipl_release_read(ipl_lock *lock);
 IPL_API int ipl_acquire_write(ipl_lock *lock, int64_t timeout_ms);
 IPL_API int ipl_release_write(ipl_lock *lock);
+
+/* ---- Beyond acquire and release (0.2.0) ----------------------------------- */
+
+/* Lock states reported by ipl_query(). */
+#define IPL_STATE_FREE 0
+#define IPL_STATE_SHARED 1
+#define IPL_STATE_EXCLUSIVE 2
+
+/* Is the lock held by anyone but this handle right now, and how? *state is
+ * IPL_STATE_FREE, IPL_STATE_SHARED or IPL_STATE_EXCLUSIVE, counting every
+ * other holder (other processes, fasteners, other handles of this process)
+ * and never this handle's own lock: a handle that holds the lock exclusive
+ * always sees FREE, one that holds it shared sees SHARED only when someone
+ * else shares it too. The answer is a snapshot: it may be stale at once.
+ *
+ * holder_pid (may be NULL: then no holder is looked up) receives the
+ * process id of one holder where the OS can tell, else -1. A classic fcntl
+ * holder (fasteners, the classic backend) is reported by F_GETLK. The
+ * kernel reports -1 for open-file-description locks, so libipl looks for
+ * the holder's "lock:" line in /proc/PID/fdinfo/FD (at most 65,536 files
+ * read, first match wins); a caller that may not read another process's
+ * /proc entries (another user's process, without CAP_SYS_PTRACE) gets -1.
+ * Another handle of this process holding the lock gives getpid(). On
+ * Windows and across hosts (NFS, GlusterFS) *holder_pid is -1.
+ *
+ * The handle may hold a lock or not; it queries the file its path names now
+ * (reopening it first if the file was replaced, when it holds nothing).
+ * Returns IPL_OK; IPL_E_INVALID (NULL lock or state);
+ * IPL_E_WOULD_DEADLOCK (another thread is acquiring on this handle right
+ * now: query through another handle); IPL_E_OS. On failure *state and
+ * *holder_pid are left unchanged. */
+IPL_API int ipl_query(ipl_lock *lock, int *state, int64_t *holder_pid);
+
+/* Ends a wait in progress on this handle (ipl_acquire*, ipl_upgrade) from
+ * any thread, even one in a signal handler's aftermath: the waiting call
+ * returns IPL_E_CANCELED within the latency of a deadline (the wait signal
+ * or the polling sleep is woken at once). With no wait in progress it does
+ * nothing and does not affect later waits: a wait that starts after the
+ * call is not canceled (call again once it has started).
+ * Returns IPL_OK; IPL_E_INVALID (NULL). */
+IPL_API int ipl_cancel(ipl_lock *lock);
+
+/* Turns the exclusive lock this handle holds into a shared one, atomically:
+ * at no moment is the lock free for a writer. Other readers may then join.
+ * Returns IPL_OK; IPL_E_INVALID (NULL); IPL_E_NOT_HELD (the handle does not
+ * hold the lock exclusive; what it holds is kept); IPL_E_OS (the lock is
+ * then still held exclusive). */
+IPL_API int ipl_downgrade(ipl_lock *lock);
+
+/* Turns the shared lock this handle holds into an exclusive one, waiting as
+ * timeout_ms says for the other readers to leave. The shared lock is kept
+ * while waiting, and kept on every failure: the handle then still holds it
+ * shared. Two handles (in any processes) that upgrade the same lock at once
+ * would wait for each other forever, so only one upgrade waits at a time:
+ * a second one gets IPL_E_WOULD_DEADLOCK at once and should release its
+ * shared lock, so that the first can finish. (On POSIX the upgrade holds
+ * the lock's last byte, offset 2^63-1, exclusive while it waits; libipl's
+ * own locks cover bytes 0 to 2^63-2, see the interoperability note above.)
+ * Returns IPL_OK; IPL_E_TIMEOUT; IPL_E_CANCELED; IPL_E_INVALID (NULL, bad
+ * timeout); IPL_E_NOT_HELD (the handle does not hold the lock shared);
+ * IPL_E_WOULD_DEADLOCK (another upgrade is waiting); IPL_E_ACCESS (the
+ * handle is read-only); IPL_E_UNSUPPORTED (Windows); IPL_E_OS. */
+IPL_API int ipl_upgrade(ipl_lock *lock, int64_t timeout_ms);
+
+/* Removes the lock file while holding its exclusive lock, then releases the
+ * lock, so that nothing is left behind. A libipl handle waiting for the
+ * lock notices (the path identity check, see "The lock file's path") and
+ * waits on the file the path names next (creating it, as its open flags
+ * allow). A fasteners process that had already opened the file is not
+ * protected: it can be granted a lock on the removed file, which excludes
+ * nobody who opens the path afterwards; remove only lock files that
+ * fasteners processes do not use. If the path no longer names the locked
+ * file (someone replaced it), nothing is removed. The handle holds nothing
+ * afterwards; a later acquire creates the file again.
+ * Returns IPL_OK; IPL_E_INVALID (NULL); IPL_E_NOT_HELD (not held
+ * exclusive; what the handle holds is kept); IPL_E_ACCESS (no permission to
+ * remove it: the lock is then kept); IPL_E_OS. */
+IPL_API int ipl_remove(ipl_lock *lock);
 
 /* ---- How timed waits sleep -------------------------------------------------
  * A timed wait (timeout_ms > 0) sleeps in the kernel's blocking lock call and
