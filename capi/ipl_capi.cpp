@@ -118,6 +118,36 @@ IPL_API int ipl_acquire_write(ipl_lock *lock, int64_t timeout_ms) {
 
 IPL_API int ipl_release_write(ipl_lock *lock) { return release(lock, lock_mode::exclusive); }
 
+IPL_API int ipl_query(ipl_lock *lock, int *state, int64_t *holder_pid) {
+  ipl::detail::notice_fork();
+  if (!lock || !state) return IPL_E_INVALID;
+  return guarded([&] { return lock->handle.query(state, holder_pid); });
+}
+
+IPL_API int ipl_cancel(ipl_lock *lock) {
+  ipl::detail::notice_fork();
+  if (!lock) return IPL_E_INVALID;
+  return guarded([&] { return lock->handle.cancel(); });
+}
+
+IPL_API int ipl_downgrade(ipl_lock *lock) {
+  ipl::detail::notice_fork();
+  if (!lock) return IPL_E_INVALID;
+  return guarded([&] { return lock->handle.downgrade(); });
+}
+
+IPL_API int ipl_upgrade(ipl_lock *lock, int64_t timeout_ms) {
+  ipl::detail::notice_fork();
+  if (!lock || !valid_timeout(timeout_ms)) return IPL_E_INVALID;
+  return guarded([&] { return lock->handle.upgrade(timeout_ms); });
+}
+
+IPL_API int ipl_remove(ipl_lock *lock) {
+  ipl::detail::notice_fork();
+  if (!lock) return IPL_E_INVALID;
+  return guarded([&] { return lock->handle.remove(); });
+}
+
 IPL_API int ipl_os_error(const ipl_lock *lock) { return lock ? lock->handle.last_os_error() : 0; }
 
 IPL_API const char *ipl_strerror(int status) {
@@ -136,6 +166,7 @@ IPL_API const char *ipl_strerror(int status) {
     case IPL_E_INTERNAL: return "internal error in libipl";
     case IPL_E_UNSUPPORTED: return "not supported on this platform";
     case IPL_E_SIGNAL_IN_USE: return "the signal has an application handler";
+    case IPL_E_CANCELED: return "the wait was canceled";
     default: return "unknown status";
   }
 }

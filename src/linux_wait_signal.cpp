@@ -159,28 +159,8 @@ class thread_timer {
     if (made_ && token_ == posix::process_token()) sys::calls.timer_delete(id_);
   }
 
-  // Arms the timer to send `signo` to this thread at `deadline` and every
-  // kResignalInterval after; false if that cannot be done.
-  bool arm(int signo, wait_deadline::clock::time_point deadline) {
-    if (!ready_for(signo)) return false;
-    itimerspec spec;
-    // steady_clock is CLOCK_MONOTONIC in libstdc++ and libc++.
-    spec.it_value = to_timespec(deadline.time_since_epoch());
-    if (spec.it_value.tv_sec == 0 && spec.it_value.tv_nsec == 0) spec.it_value.tv_nsec = 1;  // 0 disarms
-    spec.it_interval = to_timespec(kResignalInterval);
-    return sys::calls.timer_settime(id_, TIMER_ABSTIME, &spec) == 0;
-  }
-
-  // Stops it. A signal already sent is delivered, to our empty handler,
-  // as this system call returns.
-  void disarm() {
-    itimerspec off;
-    std::memset(&off, 0, sizeof off);
-    sys::calls.timer_settime(id_, 0, &off);
-  }
-
- private:
-  // Makes the timer, or makes it anew after a fork or a change of signal.
+  // Makes the timer, or makes it anew after a fork or a change of signal;
+  // false if that cannot be done.
   bool ready_for(int signo) {
     const uint64_t token = posix::process_token();
     if (made_ && token_ == token && signo_ == signo) return true;
@@ -203,6 +183,27 @@ class thread_timer {
     return true;
   }
 
+  // Sends the signal to this thread at `when` and every kResignalInterval
+  // after; false if that cannot be done. Any thread may call it once the
+  // timer is ready.
+  bool arm(wait_deadline::clock::time_point when) {
+    itimerspec spec;
+    // steady_clock is CLOCK_MONOTONIC in libstdc++ and libc++.
+    spec.it_value = to_timespec(when.time_since_epoch());
+    if (spec.it_value.tv_sec == 0 && spec.it_value.tv_nsec == 0) spec.it_value.tv_nsec = 1;  // 0 disarms
+    spec.it_interval = to_timespec(kResignalInterval);
+    return sys::calls.timer_settime(id_, TIMER_ABSTIME, &spec) == 0;
+  }
+
+  // Stops it. A signal already sent is delivered, to our empty handler,
+  // as this system call returns.
+  void disarm() {
+    itimerspec off;
+    std::memset(&off, 0, sizeof off);
+    sys::calls.timer_settime(id_, 0, &off);
+  }
+
+ private:
   timer_t id_{};
   bool made_ = false;
   uint64_t token_ = 0;
@@ -249,14 +250,25 @@ bool signal_can_interrupt_lock_wait(int fd) {
   return is_local_file_system(long(fs.f_type));
 }
 
-deadline_interrupt::deadline_interrupt(wait_deadline::clock::time_point deadline) {
+deadline_interrupt::deadline_interrupt(const wait_deadline &deadline) {
   const int signo = signal_for_wait();
   if (signo == 0 || blocked_in_this_thread(signo)) return;
-  armed_ = this_thread_timer.arm(signo, deadline);
+  if (!this_thread_timer.ready_for(signo)) return;
+  owner_timer_ = &this_thread_timer;
+  timed_ = deadline.is_timed();
+  armed_ = !timed_ || this_thread_timer.arm(deadline.when());
 }
 
 deadline_interrupt::~deadline_interrupt() {
-  if (armed_) this_thread_timer.disarm();
+  if (armed_ && (timed_ || fired_.load(std::memory_order_acquire))) this_thread_timer.disarm();
+}
+
+void deadline_interrupt::fire_now() {
+  // The owner's timer, armed from this (canceling) thread: thread_local
+  // objects are reached through the owner, not through this thread.
+  if (!armed_) return;
+  fired_.store(true, std::memory_order_release);
+  static_cast<thread_timer *>(owner_timer_)->arm(wait_deadline::clock::now());
 }
 
 int set_wait_signal(int signo) {

@@ -47,23 +47,27 @@ int lock_handle::finish(const os_result &result) {
 }
 
 int lock_handle::acquire(lock_mode mode, int64_t timeout_ms) {
+  wait_cancel cancel;
   {
     std::lock_guard<std::mutex> guard(mutex_);
     // Held in any mode, or being acquired by another thread: waiting would
     // either deadlock on ourselves or silently upgrade/downgrade.
     if (state_ != state::idle) return IPL_E_WOULD_DEADLOCK;
     state_ = state::acquiring;
+    current_wait_ = &cancel;
   }
   // The deadline starts after the bookkeeping, so it covers only the wait.
-  const os_result result = acquire_at_path(mode, wait_deadline::from_timeout_ms(timeout_ms));
+  const os_result result =
+      acquire_at_path(mode, wait_context{wait_deadline::from_timeout_ms(timeout_ms), &cancel});
   {
     std::lock_guard<std::mutex> guard(mutex_);
     state_ = result.status == IPL_OK ? held_state(mode) : state::idle;
+    current_wait_ = nullptr;
   }
   return finish(result);
 }
 
-os_result lock_handle::acquire_at_path(lock_mode mode, const wait_deadline &deadline) {
+os_result lock_handle::acquire_at_path(lock_mode mode, const wait_context &wait) {
   for (int reopens = 0;; ++reopens) {
     if (needs_reopen_) {
       const os_result reopened = file_->reopen();
@@ -72,7 +76,7 @@ os_result lock_handle::acquire_at_path(lock_mode mode, const wait_deadline &dead
     }
     if (mode == lock_mode::exclusive && !file_->writable())
       return os_result{IPL_E_ACCESS, file_->write_denied_error()};
-    const os_result locked = file_->lock(mode, deadline);
+    const os_result locked = file_->lock(mode, wait);
     if (locked.status != IPL_OK) return locked;
     bool same = false;
     const os_result checked = file_->still_at_path(&same);
@@ -93,6 +97,82 @@ int lock_handle::release(lock_mode mode) {
   // On an OS failure the lock may still be held: keep the state so that the
   // caller can retry, and ipl_close() still releases by closing.
   if (result.status == IPL_OK) state_ = state::idle;
+  return finish(result);
+}
+
+int lock_handle::cancel() {
+  std::lock_guard<std::mutex> guard(mutex_);
+  if (current_wait_) current_wait_->cancel();
+  return IPL_OK;
+}
+
+int lock_handle::downgrade() {
+  std::lock_guard<std::mutex> guard(mutex_);
+  if (state_ != state::held_exclusive) return IPL_E_NOT_HELD;
+  const os_result result = file_->downgrade();
+  if (result.status == IPL_OK) state_ = state::held_shared;
+  return finish(result);
+}
+
+int lock_handle::upgrade(int64_t timeout_ms) {
+  wait_cancel cancel;
+  {
+    std::lock_guard<std::mutex> guard(mutex_);
+    if (state_ != state::held_shared) return IPL_E_NOT_HELD;
+    if (!file_->writable()) return finish(os_result{IPL_E_ACCESS, file_->write_denied_error()});
+    state_ = state::upgrading;
+    current_wait_ = &cancel;
+  }
+  const os_result result =
+      file_->upgrade(wait_context{wait_deadline::from_timeout_ms(timeout_ms), &cancel});
+  {
+    std::lock_guard<std::mutex> guard(mutex_);
+    // Every failure keeps the shared lock (lock_file::upgrade).
+    state_ = result.status == IPL_OK ? state::held_exclusive : state::held_shared;
+    current_wait_ = nullptr;
+  }
+  return finish(result);
+}
+
+int lock_handle::query(int *state_out, int64_t *holder_pid) {
+  std::lock_guard<std::mutex> guard(mutex_);
+  // Another thread is using the file (and may reopen it) without the mutex.
+  if (state_ == state::acquiring || state_ == state::upgrading) return IPL_E_WOULD_DEADLOCK;
+  const bool holding = state_ != state::idle;
+  if (!holding) {
+    // Ask about the file the path names now, as an acquire would lock it.
+    bool same = false;
+    if (!needs_reopen_) {
+      const os_result checked = file_->still_at_path(&same);
+      if (checked.status != IPL_OK) return finish(checked);
+    }
+    if (!same) {
+      const os_result reopened = file_->reopen();
+      needs_reopen_ = reopened.status != IPL_OK;
+      if (needs_reopen_) return finish(reopened);
+    }
+  }
+  int state_seen = IPL_STATE_FREE;
+  int64_t pid_seen = -1;
+  const os_result result = file_->query(
+      holding, state_ == state::held_exclusive ? lock_mode::exclusive : lock_mode::shared,
+      &state_seen, holder_pid ? &pid_seen : nullptr);
+  if (result.status == IPL_OK) {
+    *state_out = state_seen;
+    if (holder_pid) *holder_pid = pid_seen;
+  }
+  return finish(result);
+}
+
+int lock_handle::remove() {
+  std::lock_guard<std::mutex> guard(mutex_);
+  if (state_ != state::held_exclusive) return IPL_E_NOT_HELD;
+  const os_result result = file_->remove();
+  if (result.status == IPL_OK) {
+    state_ = state::idle;
+    // Gone from its path: the next acquire opens (creates) it anew.
+    needs_reopen_ = true;
+  }
   return finish(result);
 }
 

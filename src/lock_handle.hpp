@@ -24,6 +24,7 @@
 #include <mutex>
 
 #include "platform.hpp"
+#include "wait_policy.hpp"
 
 namespace ipl::detail {
 
@@ -37,6 +38,11 @@ class lock_handle {
   // timeout_ms as in ipl.h, already validated.
   int acquire(lock_mode mode, int64_t timeout_ms);
   int release(lock_mode mode);
+  int query(int *state, int64_t *holder_pid);
+  int cancel();
+  int downgrade();
+  int upgrade(int64_t timeout_ms);
+  int remove();
   int last_os_error() const { return last_os_error_.load(std::memory_order_relaxed); }
 
   // The fork handlers' side (platform.hpp: core_*_fork).
@@ -45,7 +51,8 @@ class lock_handle {
   static void forget_parent_in_child(fork_kind kind);
 
  private:
-  enum class state { idle, acquiring, held_shared, held_exclusive };
+  // upgrading: holds the lock shared and waits for it exclusive.
+  enum class state { idle, acquiring, held_shared, held_exclusive, upgrading };
 
   static state held_state(lock_mode mode) {
     return mode == lock_mode::shared ? state::held_shared : state::held_exclusive;
@@ -54,10 +61,12 @@ class lock_handle {
   // With mutex_ held: a handle from the parent of a fork holds nothing here.
   void forget_if_inherited();
   // The wait and the identity check; called with state_ == acquiring.
-  os_result acquire_at_path(lock_mode mode, const wait_deadline &deadline);
+  os_result acquire_at_path(lock_mode mode, const wait_context &wait);
 
   std::mutex mutex_;
   state state_ = state::idle;
+  // The wait in progress (acquiring, upgrading), for cancel().
+  wait_cancel *current_wait_ = nullptr;
   // The lock_file has no usable descriptor (inherited, or a reopen failed):
   // the next acquire reopens the path first. Only touched with mutex_ held
   // or by the one thread in state acquiring.

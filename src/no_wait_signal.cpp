@@ -4,8 +4,9 @@
 
 namespace ipl::detail {
 
-deadline_interrupt::deadline_interrupt(wait_deadline::clock::time_point) {}
+deadline_interrupt::deadline_interrupt(const wait_deadline &) {}
 deadline_interrupt::~deadline_interrupt() = default;
+void deadline_interrupt::fire_now() {}
 
 bool signal_can_interrupt_lock_wait(int) { return false; }
 

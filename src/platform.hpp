@@ -31,17 +31,43 @@ struct open_request {
   int create_mode;
 };
 
+class wait_cancel;
+
+// How long a wait may last, and what can end it early (ipl_cancel()).
+struct wait_context {
+  wait_deadline deadline;
+  wait_cancel *cancel = nullptr;  // NULL: the wait cannot be canceled
+};
+
 // One open lock file. The core guarantees that calls on one lock_file never
-// overlap, that lock() is only called while nothing is held, and unlock()
-// only while something is.
+// overlap (query() aside: it may run beside lock(), see lock_handle), that
+// lock() is only called while nothing is held, unlock() and remove() only
+// while something is, downgrade() only while exclusive and upgrade() only
+// while shared is held.
 class lock_file {
  public:
   virtual ~lock_file() = default;  // releases whatever is held, closes
 
-  // Takes the whole-file lock in `mode`, waiting no longer than `deadline`.
-  // IPL_OK, IPL_E_TIMEOUT, or an OS-derived failure.
-  virtual os_result lock(lock_mode mode, const wait_deadline &deadline) = 0;
+  // Takes the whole-file lock in `mode`, waiting as `wait` allows.
+  // IPL_OK, IPL_E_TIMEOUT, IPL_E_CANCELED, or an OS-derived failure.
+  virtual os_result lock(lock_mode mode, const wait_context &wait) = 0;
   virtual os_result unlock() = 0;
+
+  // Exclusive to shared, atomically. On failure the exclusive lock is kept.
+  virtual os_result downgrade() = 0;
+  // Shared to exclusive, keeping the shared lock while waiting and on any
+  // failure; IPL_E_WOULD_DEADLOCK when another upgrade of this lock waits.
+  virtual os_result upgrade(const wait_context &wait) = 0;
+
+  // Who else holds the lock: *state an IPL_STATE_*, never counting this
+  // file's own lock (held_mode when `holding`); *holder_pid when not NULL.
+  virtual os_result query(bool holding, lock_mode held_mode, int *state,
+                          int64_t *holder_pid) = 0;
+
+  // Called while the exclusive lock is held: removes the file from its
+  // path if the path still names it, then unlocks. On failure to remove
+  // it, the lock is kept.
+  virtual os_result remove() = 0;
 
   // False when read-write access was denied and the file was opened
   // read-only: only shared locks then. write_denied_error() is the OS
@@ -66,6 +92,17 @@ class lock_file {
   // follow; destruction then touches nothing of the parent's.
   virtual bool inherited() const = 0;
 };
+
+// The polling wait's sleep, which ipl_cancel() can cut short. Made when a
+// wait starts to poll; wake() may come from any thread, before or during a
+// sleep (a wake before the sleep makes it return at once).
+class poll_sleep {
+ public:
+  virtual ~poll_sleep() = default;
+  virtual void sleep_until(wait_deadline::clock::time_point until) = 0;
+  virtual void wake() = 0;
+};
+std::unique_ptr<poll_sleep> make_poll_sleep();
 
 // The OS error reported (with IPL_E_OS) when the lock file was replaced
 // after more grants in a row than one acquire allows (ESTALE on POSIX).

@@ -33,6 +33,7 @@
 //   had waiters (threads of the parent) that do not exist in the child.
 #include <fcntl.h>
 #include <sys/types.h>
+#include <unistd.h>
 
 #include <condition_variable>
 #include <map>
@@ -64,6 +65,7 @@ struct inode_state {
   int shared_holders = 0;     // handles holding it shared
   bool exclusive_held = false;
   bool kernel_busy = false;   // a thread is taking the kernel lock right now
+  bool upgrading = false;     // a handle is upgrading: new sharers wait
   std::vector<parked_descriptor> parked;
   std::condition_variable changed;
 
@@ -144,12 +146,13 @@ class classic_lock_file final : public lock_file {
     return {};
   }
 
-  os_result lock(lock_mode mode, const wait_deadline &deadline) override {
+  os_result lock(lock_mode mode, const wait_context &wait) override {
     std::unique_lock<std::mutex> guard(table_->mutex);
     for (;;) {
-      const bool compatible = mode == lock_mode::shared
-                                  ? !inode_->exclusive_held
-                                  : !inode_->exclusive_held && inode_->shared_holders == 0;
+      const bool compatible =
+          mode == lock_mode::shared
+              ? !inode_->exclusive_held && !inode_->upgrading
+              : !inode_->exclusive_held && inode_->shared_holders == 0;
       if (compatible && !inode_->kernel_busy) {
         if (mode == lock_mode::shared && inode_->shared_holders > 0) {
           // The process already holds the kernel's read lock.
@@ -158,23 +161,102 @@ class classic_lock_file final : public lock_file {
           mode_ = mode;
           return {};
         }
-        return take_kernel_lock(guard, mode, deadline);
+        return take_kernel_lock(guard, mode, wait);
       }
       // Another handle of this process holds a conflicting lock, or is
       // talking to the kernel: wait for it to change its state.
-      if (deadline.is_try_once()) return posix::failure(IPL_E_TIMEOUT, 0);
-      if (deadline.is_forever()) {
-        inode_->changed.wait(guard);
-      } else if (inode_->changed.wait_until(guard, deadline.when()) == std::cv_status::timeout &&
-                 deadline.expired()) {
-        return posix::failure(IPL_E_TIMEOUT, 0);
-      }
+      const os_result waited = wait_for_change(guard, wait);
+      if (waited.status != IPL_OK) return waited;
     }
   }
 
   os_result unlock() override {
     std::lock_guard<std::mutex> guard(table_->mutex);
     return release_locked();
+  }
+
+  os_result downgrade() override {
+    std::lock_guard<std::mutex> guard(table_->mutex);
+    const os_result converted = posix::convert_to_shared(file_.fd, kClassicCommands.try_cmd);
+    if (converted.status != IPL_OK) return converted;
+    inode_->exclusive_held = false;
+    inode_->shared_holders = 1;
+    mode_ = lock_mode::shared;
+    inode_->changed.notify_all();
+    return {};
+  }
+
+  os_result upgrade(const wait_context &wait) override {
+    std::unique_lock<std::mutex> guard(table_->mutex);
+    if (inode_->upgrading) return posix::failure(IPL_E_WOULD_DEADLOCK, 0);
+    inode_->upgrading = true;
+    // The process's kernel lock is shared by all its sharing handles: wait
+    // until this handle is the last (new sharers wait while we upgrade).
+    while (inode_->shared_holders > 1) {
+      const os_result waited = wait_for_change(guard, wait);
+      if (waited.status != IPL_OK) {
+        inode_->upgrading = false;
+        inode_->changed.notify_all();
+        return waited;
+      }
+    }
+    guard.unlock();
+    os_result result = posix::take_upgrade_byte(file_, kClassicCommands, F_GETLK, wait);
+    if (result.status == IPL_OK) {
+      result = posix::set_range(file_, kClassicCommands, F_WRLCK, posix::kSharedRange, wait);
+      if (result.status != IPL_OK)
+        posix::clear_range(file_.fd, kClassicCommands.try_cmd, posix::kUpgradeByte);
+    }
+    guard.lock();
+    inode_->upgrading = false;
+    if (result.status == IPL_OK) {
+      inode_->shared_holders = 0;
+      inode_->exclusive_held = true;
+      mode_ = lock_mode::exclusive;
+    }
+    inode_->changed.notify_all();
+    return result;
+  }
+
+  // Other processes from F_GETLK (which leaves this process's own locks
+  // out), other handles of this process from the inode table.
+  os_result query(bool holding, lock_mode held_mode, int *state, int64_t *holder_pid) override {
+    short type = F_UNLCK;
+    pid_t pid = -1;
+    const os_result seen = posix::conflicting_lock(file_.fd, F_GETLK, posix::kSharedRange, &type, &pid);
+    if (seen.status != IPL_OK) return seen;
+    bool others_exclusive = false;
+    bool others_shared = false;
+    {
+      std::lock_guard<std::mutex> guard(table_->mutex);
+      const bool mine_exclusive = holding && held_mode == lock_mode::exclusive;
+      const bool mine_shared = holding && held_mode == lock_mode::shared;
+      others_exclusive = inode_->exclusive_held && !mine_exclusive;
+      others_shared = inode_->shared_holders - (mine_shared ? 1 : 0) > 0;
+    }
+    int64_t who = -1;
+    if (type == F_WRLCK || (type != F_RDLCK && others_exclusive)) {
+      *state = IPL_STATE_EXCLUSIVE;
+      who = type == F_WRLCK ? pid : getpid();
+    } else if (type == F_RDLCK || others_shared) {
+      *state = IPL_STATE_SHARED;
+      who = type == F_RDLCK ? pid : getpid();
+    } else {
+      *state = IPL_STATE_FREE;
+    }
+    if (holder_pid) {
+      // An OFD holder (another libipl on Linux) shows as pid -1.
+      *holder_pid = *state == IPL_STATE_FREE ? -1
+                    : who > 0                ? who
+                                             : posix::find_holder_pid(file_.dev, file_.ino, file_.fd);
+    }
+    return {};
+  }
+
+  os_result remove() override {
+    const os_result removed = posix::unlink_if_still_named(path_, file_.dev, file_.ino);
+    if (removed.status != IPL_OK) return removed;
+    return unlock();
   }
 
   bool writable() const override { return file_.writable; }
@@ -196,11 +278,52 @@ class classic_lock_file final : public lock_file {
  private:
   inode_table::key key() const { return {file_.dev, file_.ino}; }
 
+  // Wakes a wait for another handle of this process (wait_for_change).
+  class in_process_waker final : public waker {
+   public:
+    in_process_waker(inode_table &table, inode_state &inode) : table_(table), inode_(inode) {}
+    void wake() override {
+      std::lock_guard<std::mutex> guard(table_.mutex);
+      inode_.changed.notify_all();
+    }
+
+   private:
+    inode_table &table_;
+    inode_state &inode_;
+  };
+
+  // With the table mutex held in `guard`: waits until another handle of
+  // this process changes the inode's state (IPL_OK: look again), the
+  // deadline passes or the wait is canceled. The cancel step is entered
+  // without the table mutex: cancel() takes its own mutex, then ours.
+  os_result wait_for_change(std::unique_lock<std::mutex> &guard, const wait_context &wait) {
+    if (wait.deadline.is_try_once()) return kTimedOut;
+    in_process_waker wake_me(*table_, *inode_);
+    os_result result;
+    guard.unlock();
+    {
+      const cancel_step step(wait.cancel, &wake_me);
+      guard.lock();
+      if (!step.entered() || (wait.cancel && wait.cancel->canceled())) {
+        result = kCanceled;
+      } else if (wait.deadline.is_forever()) {
+        inode_->changed.wait(guard);
+      } else if (inode_->changed.wait_until(guard, wait.deadline.when()) ==
+                     std::cv_status::timeout &&
+                 wait.deadline.expired()) {
+        result = kTimedOut;
+      }
+      guard.unlock();
+    }
+    guard.lock();
+    return result;
+  }
+
   os_result take_kernel_lock(std::unique_lock<std::mutex> &guard, lock_mode mode,
-                             const wait_deadline &deadline) {
+                             const wait_context &wait) {
     inode_->kernel_busy = true;
     guard.unlock();
-    const os_result result = posix::set_lock(file_, kClassicCommands, mode, deadline);
+    const os_result result = posix::set_lock(file_, kClassicCommands, mode, wait);
     guard.lock();
     inode_->kernel_busy = false;
     if (result.status == IPL_OK) {

@@ -68,7 +68,14 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <dirent.h>
+#include <sys/sysmacros.h>
+
 #include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
 #include <atomic>
 #include <cstring>
 #include <mutex>
@@ -494,29 +501,27 @@ os_result still_names(const std::string &path, dev_t dev, ino_t ino, bool *same)
 
 namespace {
 
-struct flock whole_file(short type) {
+struct flock make_region(short type, byte_range range) {
   struct flock region;
   std::memset(&region, 0, sizeof region);  // l_pid must be 0 for OFD locks
   region.l_type = type;
   region.l_whence = SEEK_SET;
-  region.l_start = 0;
-  region.l_len = 0;  // to the end of the file, however it grows
+  region.l_start = range.start;
+  region.l_len = range.length;
   return region;
 }
 
-short lock_type(lock_mode mode) { return mode == lock_mode::exclusive ? F_WRLCK : F_RDLCK; }
-
 bool is_busy(int err) { return err == EAGAIN || err == EACCES; }
 
-// The fcntl calls of one lock request, for the core's wait policy.
+// One fcntl lock request on a descriptor, for the core's wait policy.
 class fcntl_attempts final : public lock_attempts {
  public:
-  fcntl_attempts(const opened_file &file, lock_commands cmds, lock_mode mode)
-      : file_(file), cmds_(cmds), type_(lock_type(mode)) {}
+  fcntl_attempts(const opened_file &file, lock_commands cmds, short type, byte_range range)
+      : file_(file), cmds_(cmds), type_(type), range_(range) {}
 
   os_result try_lock() override {
     for (;;) {
-      struct flock region = whole_file(type_);
+      struct flock region = make_region(type_, range_);
       if (sys::calls.fcntl_lock(file_.fd, cmds_.try_cmd, &region) == 0) return {};
       const int err = errno;
       if (err == EINTR) continue;
@@ -525,52 +530,214 @@ class fcntl_attempts final : public lock_attempts {
   }
 
   os_result wait_lock() override {
-    struct flock region = whole_file(type_);
+    struct flock region = make_region(type_, range_);
     if (sys::calls.fcntl_lock(file_.fd, cmds_.wait_cmd, &region) == 0) return {};
     const int err = errno;
     return err == EINTR ? failure(kInterrupted, 0) : lock_failure(err);
   }
 
   bool wait_is_interruptible() const override { return file_.interruptible; }
-
-  // A signal just ends the sleep early (the policy re-checks the lock and
-  // the deadline).
-  void sleep_until(wait_deadline::clock::time_point until) override {
-    const auto since_epoch = until.time_since_epoch();
-    const auto secs = std::chrono::duration_cast<std::chrono::seconds>(since_epoch);
-    timespec ts;
-    ts.tv_sec = time_t(secs.count());
-    ts.tv_nsec =
-        long(std::chrono::duration_cast<std::chrono::nanoseconds>(since_epoch - secs).count());
-    // steady_clock is CLOCK_MONOTONIC in libstdc++ and libc++.
-    sys::calls.clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, nullptr);
-  }
+  // A forever wait that no signal can end polls, so ipl_cancel() can end it.
+  bool forever_blocks_uninterruptibly() const override { return false; }
 
  private:
   const opened_file &file_;
   lock_commands cmds_;
   short type_;
+  byte_range range_;
+};
+
+// The polling sleep: a condition variable on the monotonic clock, so that
+// ipl_cancel() (wake) ends it at once.
+class condition_sleep final : public poll_sleep {
+ public:
+  void sleep_until(wait_deadline::clock::time_point until) override {
+    std::unique_lock<std::mutex> guard(mutex_);
+    woken_.wait_until(guard, until, [this] { return wake_requested_; });
+  }
+  void wake() override {
+    std::lock_guard<std::mutex> guard(mutex_);
+    wake_requested_ = true;
+    woken_.notify_all();
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable woken_;
+  bool wake_requested_ = false;
 };
 
 }  // namespace
 
 os_result set_lock(const opened_file &file, lock_commands cmds, lock_mode mode,
-                   const wait_deadline &deadline) {
-  fcntl_attempts attempts(file, cmds, mode);
-  return wait_for_lock(attempts, deadline);
+                   const wait_context &wait) {
+  fcntl_attempts attempts(file, cmds, mode == lock_mode::exclusive ? F_WRLCK : F_RDLCK,
+                          range_of(mode));
+  return wait_for_lock(attempts, wait);
 }
 
-os_result clear_lock(int fd, int try_cmd) {
-  struct flock region = whole_file(F_UNLCK);
+os_result set_range(const opened_file &file, lock_commands cmds, short type, byte_range range,
+                    const wait_context &wait) {
+  fcntl_attempts attempts(file, cmds, type, range);
+  return wait_for_lock(attempts, wait);
+}
+
+os_result clear_range(int fd, int try_cmd, byte_range range) {
+  struct flock region = make_region(F_UNLCK, range);
   while (sys::calls.fcntl_lock(fd, try_cmd, &region) != 0) {
     if (errno != EINTR) return lock_failure(errno);
   }
   return {};
 }
 
+os_result clear_lock(int fd, int try_cmd) { return clear_range(fd, try_cmd, kWholeFile); }
+
+os_result convert_to_shared(int fd, int try_cmd) {
+  // Shared on the lock's range first: the exclusive lock splits, and its
+  // last byte stays exclusive until the second call, so no writer can get
+  // in between. Both calls only release: they never wait.
+  struct flock region = make_region(F_RDLCK, kSharedRange);
+  while (sys::calls.fcntl_lock(fd, try_cmd, &region) != 0) {
+    if (errno != EINTR) return lock_failure(errno);
+  }
+  return clear_range(fd, try_cmd, kUpgradeByte);
+}
+
+os_result conflicting_lock(int fd, int get_cmd, byte_range range, short *type, pid_t *pid) {
+  struct flock region = make_region(F_WRLCK, range);
+  while (sys::calls.fcntl_lock(fd, get_cmd, &region) != 0) {
+    if (errno != EINTR) return lock_failure(errno);
+  }
+  *type = region.l_type;
+  *pid = region.l_pid;
+  return {};
+}
+
+os_result take_upgrade_byte(const opened_file &file, lock_commands cmds, int get_cmd,
+                            const wait_context &wait) {
+  // A try, and while a foreign reader (a fasteners shared lock, which
+  // covers the whole file) holds the byte, tries with back-off: two
+  // upgraders must never both wait for the byte, or the one that gets it
+  // would wait for the other's shared lock forever.
+  fcntl_attempts attempts(file, cmds, F_WRLCK, kUpgradeByte);
+  const std::unique_ptr<poll_sleep> sleep = make_poll_sleep();
+  auto pause = std::chrono::microseconds(50);
+  for (;;) {
+    const os_result tried = attempts.try_lock();
+    if (tried.status != IPL_E_TIMEOUT) return tried;
+    short type = F_UNLCK;
+    pid_t pid = 0;
+    const os_result seen = conflicting_lock(file.fd, get_cmd, kUpgradeByte, &type, &pid);
+    if (seen.status != IPL_OK) return seen;
+    if (type == F_WRLCK) return failure(IPL_E_WOULD_DEADLOCK, 0);  // another upgrade
+    if (type != F_UNLCK) {
+      // A foreign reader: wait for it (bounded by the deadline).
+      if (wait.deadline.expired()) return kTimedOut;
+      if (wait.cancel && wait.cancel->canceled()) return kCanceled;
+      auto until = wait_deadline::clock::now() + pause;
+      if (wait.deadline.is_timed()) until = std::min(until, wait.deadline.when());
+      sleep->sleep_until(until);
+      pause = std::min(pause * 2, std::chrono::microseconds(10000));
+    }
+  }
+}
+
+// ---- Who holds it ------------------------------------------------------------------
+
+namespace {
+
+// How many /proc/PID/fdinfo files one holder search may read.
+constexpr int kMaxFdinfoReads = 65536;
+
+bool is_number(const char *name) {
+  if (!*name) return false;
+  for (; *name; ++name)
+    if (*name < '0' || *name > '9') return false;
+  return true;
+}
+
+// Does this fdinfo text have a "lock:" line on the inode `needle`
+// ("MAJ:MIN:INO" as the kernel prints it)?
+bool has_lock_on(const char *text, const std::string &needle) {
+  for (const char *line = text; line && *line;) {
+    const char *end = std::strchr(line, '\n');
+    if (std::strncmp(line, "lock:", 5) == 0) {
+      const std::string one(line, end ? size_t(end - line) : std::strlen(line));
+      const size_t at = one.find(needle);
+      // The inode ends the field: "fe:00:123" must not match "fe:00:1234".
+      if (at != std::string::npos &&
+          (at + needle.size() == one.size() || one[at + needle.size()] == ' '))
+        return true;
+    }
+    line = end ? end + 1 : nullptr;
+  }
+  return false;
+}
+
+}  // namespace
+
+int64_t find_holder_pid(dev_t dev, ino_t ino, int own_fd) {
+  char needle_text[64];
+  std::snprintf(needle_text, sizeof needle_text, "%02x:%02x:%lu", unsigned(major(dev)),
+                unsigned(minor(dev)), static_cast<unsigned long>(ino));
+  const std::string needle = std::string(" ") + needle_text;
+  const pid_t self = getpid();
+  DIR *proc = opendir("/proc");
+  if (!proc) return -1;
+  int reads = 0;
+  int64_t found = -1;
+  while (found < 0 && reads < kMaxFdinfoReads) {
+    const dirent *process = readdir(proc);
+    if (!process) break;
+    if (!is_number(process->d_name)) continue;
+    const std::string fdinfo_dir = std::string("/proc/") + process->d_name + "/fdinfo";
+    DIR *fds = opendir(fdinfo_dir.c_str());
+    if (!fds) continue;  // gone, or not ours to read
+    const pid_t pid = pid_t(std::atol(process->d_name));
+    while (found < 0 && reads < kMaxFdinfoReads) {
+      const dirent *fd = readdir(fds);
+      if (!fd) break;
+      if (!is_number(fd->d_name)) continue;
+      if (pid == self && std::atoi(fd->d_name) == own_fd) continue;
+      ++reads;
+      const std::string path = fdinfo_dir + "/" + fd->d_name;
+      const int info = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+      if (info < 0) continue;
+      char text[4096];
+      const ssize_t got = ::read(info, text, sizeof text - 1);
+      ::close(info);
+      if (got <= 0) continue;
+      text[got] = '\0';
+      if (has_lock_on(text, needle)) found = pid;
+    }
+    closedir(fds);
+  }
+  closedir(proc);
+  return found;
+}
+
+// ---- Removing it -------------------------------------------------------------------
+
+os_result unlink_if_still_named(const std::string &path, dev_t dev, ino_t ino) {
+  bool same = false;
+  const os_result checked = still_names(path, dev, ino, &same);
+  if (checked.status != IPL_OK) return checked;
+  if (!same) return {};  // replaced by someone else: theirs to keep
+  if (sys::calls.unlink(path.c_str()) != 0) {
+    const int err = errno;
+    if (err == ENOENT) return {};
+    return open_failure(err);
+  }
+  return {};
+}
+
+std::unique_ptr<poll_sleep> make_sleep() { return std::make_unique<condition_sleep>(); }
+
 }  // namespace posix
 
 void notice_fork() { posix::process_token(); }
+
+std::unique_ptr<poll_sleep> make_poll_sleep() { return posix::make_sleep(); }
 
 const int kReplacedTooOftenError = ESTALE;
 

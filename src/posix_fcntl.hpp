@@ -8,9 +8,13 @@
 
 #include <sys/types.h>
 
+#include <stdint.h>
+
+#include <memory>
 #include <string>
 
 #include "platform.hpp"
+#include "wait_policy.hpp"
 
 namespace ipl::detail::posix {
 
@@ -80,18 +84,63 @@ void kind_after_fork_child(fork_kind kind);
 
 // ---- Taking the kernel lock ----------------------------------------------------
 
+// The byte ranges libipl locks (l_start, l_len; l_len 0 = to the end of the
+// file and beyond). Exclusive locks cover the whole file, exactly as
+// fasteners' lockf(). Shared locks stop one byte short: the last byte,
+// offset 2^63-1, is where an upgrade (ipl_upgrade) announces itself, taken
+// exclusive by the one handle allowed to wait for an upgrade. Every libipl
+// and fasteners lock still conflicts as before (all cover byte 0).
+struct byte_range {
+  off_t start;
+  off_t length;
+};
+constexpr off_t kLastByte = INT64_MAX;
+constexpr byte_range kWholeFile{0, 0};
+constexpr byte_range kSharedRange{0, kLastByte};  // bytes 0 .. 2^63-2
+constexpr byte_range kUpgradeByte{kLastByte, 1};
+
+constexpr byte_range range_of(lock_mode mode) {
+  return mode == lock_mode::exclusive ? kWholeFile : kSharedRange;
+}
+
 // The fcntl commands of one lock kind.
 struct lock_commands {
   int try_cmd;
   int wait_cmd;
 };
 
-// Takes the whole-file lock: a forever wait blocks in the kernel; otherwise
-// one try, then (timed) a kernel wait ended by the wait signal at the
-// deadline where that works on this file, else polling with back-off.
+// Takes the lock in `mode` (or `type` on `range`) through the core's wait
+// policy (wait_policy.hpp): tries, blocks in the kernel where the wait
+// signal can end the call, or polls.
 os_result set_lock(const opened_file &file, lock_commands cmds, lock_mode mode,
-                   const wait_deadline &deadline);
+                   const wait_context &wait);
+os_result set_range(const opened_file &file, lock_commands cmds, short type, byte_range range,
+                    const wait_context &wait);
 os_result clear_lock(int fd, int try_cmd);
+os_result clear_range(int fd, int try_cmd, byte_range range);
+
+// Exclusive to shared without a moment of freedom (see kSharedRange).
+os_result convert_to_shared(int fd, int try_cmd);
+
+// The first lock of someone else that conflicts with an exclusive lock on
+// `range`: its type (F_UNLCK: none) and pid (-1 for OFD locks).
+os_result conflicting_lock(int fd, int get_cmd, byte_range range, short *type, pid_t *pid);
+
+// Takes kUpgradeByte exclusive for an upgrade: IPL_E_WOULD_DEADLOCK at once
+// when another upgrade holds it; waits (polling, within `wait`) while a
+// foreign shared lock covers it.
+os_result take_upgrade_byte(const opened_file &file, lock_commands cmds, int get_cmd,
+                            const wait_context &wait);
+
+// The pid of a process holding a lock on (dev, ino), found through the
+// "lock:" lines of /proc/PID/fdinfo/FD (bounded; the caller's own `own_fd`
+// is skipped); -1 when none can be seen.
+int64_t find_holder_pid(dev_t dev, ino_t ino, int own_fd);
+
+// ipl_remove's unlink: only if `path` still names (dev, ino).
+os_result unlink_if_still_named(const std::string &path, dev_t dev, ino_t ino);
+
+std::unique_ptr<poll_sleep> make_sleep();
 
 }  // namespace ipl::detail::posix
 

@@ -43,8 +43,8 @@ class ofd_lock_file final : public lock_file {
 
   os_result open() { return posix::open_file(path_, flags_, create_mode_, nullptr, &file_); }
 
-  os_result lock(lock_mode mode, const wait_deadline &deadline) override {
-    const os_result result = posix::set_lock(file_, kOfdCommands, mode, deadline);
+  os_result lock(lock_mode mode, const wait_context &wait) override {
+    const os_result result = posix::set_lock(file_, kOfdCommands, mode, wait);
     held_ = result.status == IPL_OK;
     return result;
   }
@@ -53,6 +53,40 @@ class ofd_lock_file final : public lock_file {
     const os_result result = posix::clear_lock(file_.fd, kOfdCommands.try_cmd);
     if (result.status == IPL_OK) held_ = false;
     return result;
+  }
+
+  os_result downgrade() override { return posix::convert_to_shared(file_.fd, kOfdCommands.try_cmd); }
+
+  os_result upgrade(const wait_context &wait) override {
+    const os_result announced = posix::take_upgrade_byte(file_, kOfdCommands, F_OFD_GETLK, wait);
+    if (announced.status != IPL_OK) return announced;
+    // Our shared range turns exclusive once the other readers have left;
+    // with the upgrade byte, the whole file is then held exclusive.
+    const os_result result =
+        posix::set_range(file_, kOfdCommands, F_WRLCK, posix::kSharedRange, wait);
+    if (result.status != IPL_OK) posix::clear_range(file_.fd, kOfdCommands.try_cmd, posix::kUpgradeByte);
+    return result;
+  }
+
+  // The kernel leaves this description's own lock out of F_OFD_GETLK.
+  os_result query(bool, lock_mode, int *state, int64_t *holder_pid) override {
+    short type = F_UNLCK;
+    pid_t pid = -1;
+    const os_result seen = posix::conflicting_lock(file_.fd, F_OFD_GETLK, posix::kSharedRange, &type, &pid);
+    if (seen.status != IPL_OK) return seen;
+    *state = type == F_WRLCK ? IPL_STATE_EXCLUSIVE : type == F_RDLCK ? IPL_STATE_SHARED : IPL_STATE_FREE;
+    if (holder_pid) {
+      *holder_pid = *state == IPL_STATE_FREE ? -1
+                    : pid > 0                ? int64_t(pid)
+                                             : posix::find_holder_pid(file_.dev, file_.ino, file_.fd);
+    }
+    return {};
+  }
+
+  os_result remove() override {
+    const os_result removed = posix::unlink_if_still_named(path_, file_.dev, file_.ino);
+    if (removed.status != IPL_OK) return removed;
+    return unlock();
   }
 
   bool writable() const override { return file_.writable; }

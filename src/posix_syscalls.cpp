@@ -21,6 +21,7 @@ int real_stat(const char *path, struct stat *st) { return ::stat(path, st); }
 int real_fstat(int fd, struct stat *st) { return ::fstat(fd, st); }
 int real_fstatfs(int fd, struct statfs *st) { return ::fstatfs(fd, st); }
 int real_mkdir(const char *path, mode_t mode) { return ::mkdir(path, mode); }
+int real_unlink(const char *path) { return ::unlink(path); }
 int real_chmod(const char *path, mode_t mode) { return ::chmod(path, mode); }
 int real_fchmod(int fd, mode_t mode) { return ::fchmod(fd, mode); }
 char *real_getcwd(char *buffer, size_t size) { return ::getcwd(buffer, size); }
@@ -63,6 +64,7 @@ int real_timer_delete(void *) {
 constexpr syscall_table kReal = {
     real_open,       real_close,           real_fcntl_lock,      real_dup_cloexec,
     real_stat,       real_fstat,           real_fstatfs,         real_mkdir,
+    real_unlink,
     real_chmod,      real_fchmod,          real_getcwd,          real_clock_nanosleep,
     real_sigaction,  real_pthread_sigmask, real_timer_create,    real_timer_settime,
     real_timer_delete,

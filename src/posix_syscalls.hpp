@@ -33,6 +33,7 @@ struct syscall_table {
   int (*fstat)(int fd, struct stat *st);
   int (*fstatfs)(int fd, struct statfs *st);
   int (*mkdir)(const char *path, mode_t mode);
+  int (*unlink)(const char *path);
   int (*chmod)(const char *path, mode_t mode);
   int (*fchmod)(int fd, mode_t mode);
   char *(*getcwd)(char *buffer, size_t size);

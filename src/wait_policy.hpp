@@ -1,9 +1,12 @@
-// wait_policy: how a lock is waited for within a deadline, on every
-// platform. The backend supplies the OS calls for one lock request (try,
-// block, sleep); the policy decides when to call which.
+// wait_policy: how a lock is waited for, on every platform. The backend
+// supplies the OS calls for one lock request (try, block); the policy decides
+// when to call which, keeps the deadline and lets ipl_cancel() end the wait.
 //
 //   timeout 0         one try; never sleeps.
-//   IPL_WAIT_FOREVER  a blocking kernel wait, re-entered when a signal ends it.
+//   IPL_WAIT_FOREVER  a blocking kernel wait that the wait signal can end
+//                     (for ipl_cancel), re-entered when another signal
+//                     ends it; where no signal can end it, tries with
+//                     back-off, so that the wait stays cancelable.
 //   timeout > 0       one try; then, where a signal can end the kernel's
 //                     blocking call on this file and the wait signal can be
 //                     armed (wait_signal.hpp), a blocking wait ended by that
@@ -13,6 +16,9 @@
 #ifndef IPL_SRC_WAIT_POLICY_HPP
 #define IPL_SRC_WAIT_POLICY_HPP
 
+#include <atomic>
+#include <mutex>
+
 #include "platform.hpp"
 #include "wait_deadline.hpp"
 
@@ -20,6 +26,53 @@ namespace ipl::detail {
 
 // Not an ipl status: a blocking wait ended by a signal (EINTR).
 constexpr int kInterrupted = 1;
+
+// Something that ends the current blocking step of a wait at once: the
+// wait signal's timer, the polling sleep, the classic backend's in-process
+// wait. Called by wait_cancel::cancel() with its mutex held.
+class waker {
+ public:
+  virtual void wake() = 0;
+
+ protected:
+  ~waker() = default;
+};
+
+// One wait in progress, as ipl_cancel() sees it. The waiting thread enters
+// each blocking step with its waker and leaves it afterwards; cancel() from
+// any thread marks the wait canceled and wakes the step in progress.
+class wait_cancel {
+ public:
+  void cancel();
+  bool canceled() const { return canceled_.load(std::memory_order_acquire); }
+  // False (and nothing entered) when the wait is canceled already. Never
+  // call with a mutex held that the waker takes.
+  bool enter(waker *step);
+  void leave();
+
+ private:
+  std::mutex mutex_;
+  std::atomic<bool> canceled_{false};
+  waker *step_ = nullptr;
+};
+
+// Enters a blocking step for its scope.
+class cancel_step {
+ public:
+  cancel_step(wait_cancel *cancel, waker *step)
+      : cancel_(cancel), entered_(cancel ? cancel->enter(step) : true) {}
+  ~cancel_step() {
+    if (cancel_ && entered_) cancel_->leave();
+  }
+  cancel_step(const cancel_step &) = delete;
+  cancel_step &operator=(const cancel_step &) = delete;
+  // False when the wait was canceled before the step began.
+  bool entered() const { return entered_; }
+
+ private:
+  wait_cancel *cancel_;
+  bool entered_;
+};
 
 // The OS calls of one lock request, in one mode.
 class lock_attempts {
@@ -32,14 +85,18 @@ class lock_attempts {
   // when a signal ended the sleep, or an OS failure.
   virtual os_result wait_lock() = 0;
   // Whether a signal ends wait_lock() (false where the OS call cannot be
-  // interrupted, or has no way to be: timed waits then poll).
+  // interrupted, or has no way to be).
   virtual bool wait_is_interruptible() const = 0;
-  // Sleeps until `until` on the monotonic clock (or a little later; never
-  // earlier unless a signal ends the sleep).
-  virtual void sleep_until(wait_deadline::clock::time_point until) = 0;
+  // For a forever wait that cannot be interrupted: true blocks in
+  // wait_lock() anyway (ipl_cancel cannot end it), false polls.
+  virtual bool forever_blocks_uninterruptibly() const = 0;
 };
 
-os_result wait_for_lock(lock_attempts &attempts, const wait_deadline &deadline);
+os_result wait_for_lock(lock_attempts &attempts, const wait_context &wait);
+
+// Statuses of a wait that ended early.
+constexpr os_result kTimedOut{IPL_E_TIMEOUT, 0};
+constexpr os_result kCanceled{IPL_E_CANCELED, 0};
 
 }  // namespace ipl::detail
 

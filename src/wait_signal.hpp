@@ -5,29 +5,40 @@
 #ifndef IPL_SRC_WAIT_SIGNAL_HPP
 #define IPL_SRC_WAIT_SIGNAL_HPP
 
+#include <atomic>
+
 #include "wait_deadline.hpp"
 
 namespace ipl::detail {
 
 // While it lives, the calling thread's wait timer is armed: the kernel sends
-// the thread the wait signal at `deadline` and every millisecond after,
+// the thread the wait signal at the deadline and every millisecond after,
 // until it is destroyed. The repeats close the race of a signal that lands
 // just before the thread enters the blocking call; a timer never has more
-// than one signal queued, however long the thread stays blocked.
+// than one signal queued, however long the thread stays blocked. For a
+// forever wait the timer is made but not armed: only fire_now() (from
+// ipl_cancel, on any thread) sets it off.
 // armed() is false when the signal cannot be used right now (disabled, not
 // ours any more, blocked in this thread, or no timer could be made — e.g.
 // the real-time signal queue limit is reached): the caller must then poll.
 class deadline_interrupt {
  public:
-  explicit deadline_interrupt(wait_deadline::clock::time_point deadline);
+  explicit deadline_interrupt(const wait_deadline &deadline);
   ~deadline_interrupt();
   deadline_interrupt(const deadline_interrupt &) = delete;
   deadline_interrupt &operator=(const deadline_interrupt &) = delete;
 
   bool armed() const { return armed_; }
+  // Sends the signal now, and every millisecond until destruction. May be
+  // called from another thread while the owner is blocked, never after the
+  // owner has left its wait (wait_cancel guarantees that).
+  void fire_now();
 
  private:
   bool armed_ = false;
+  bool timed_ = false;
+  std::atomic<bool> fired_{false};
+  void *owner_timer_ = nullptr;  // the owning thread's timer, for fire_now()
 };
 
 // Whether a signal ends a blocking lock call on the open file `fd`. False on

@@ -346,11 +346,13 @@ os_result open_regular_file(const std::wstring &path, uint32_t flags, opened_han
 // the creation time. The reference alone may be reused: FAT derives it from
 // the directory entry's offset, so a file deleted and made again in one
 // folder can get the old one back; ReFS ids are 128 bits wide. A new file
-// never has the old one's creation time as well.
+// never has the old one's creation time as well. (Under Wine the creation
+// time moves when the file is written: a written lock file is reopened
+// once more than needed, which is harmless.)
 //
 // The volume serial number is not compared. Windows answers it cheaply, but
-// Wine asks its mount manager, another process (0.3 to 1 ms a call, over
-// ten times a lock and unlock; the CI stress test slowed from 20 to 48 s).
+// Wine asks its mount manager, another process (0.3 to 2 ms a call; a lock
+// and unlock is about 55 us; the CI stress test took 48 s instead of 20).
 // A different volume under the same absolute path needs a mount point or
 // junction put in place of a folder on the way, and then a file with our
 // reference and our creation time to the 100 ns.
@@ -408,37 +410,54 @@ bool is_delete_pending(HANDLE handle) {
 
 // ---- Waiting -------------------------------------------------------------------
 
-// Sleeps for short intervals. Sleep() counts whole milliseconds on a
-// 15.6 ms tick unless someone raised the timer resolution; a
-// high-resolution waitable timer (Windows 10 1803+, Wine) sleeps for the
-// microseconds asked. Without one, Sleep() it is.
-class short_sleeper {
+// The polling sleep. Sleep() counts whole milliseconds on a 15.6 ms tick
+// unless someone raised the timer resolution; a high-resolution waitable
+// timer (Windows 10 1803+, Wine) sleeps for the microseconds asked. An event
+// beside it lets ipl_cancel() end the sleep at once.
+class timer_sleep final : public poll_sleep {
  public:
-  short_sleeper() {
+  timer_sleep() {
     timer_ = CreateWaitableTimerExW(nullptr, nullptr, CREATE_WAITABLE_TIMER_HIGH_RESOLUTION,
                                     TIMER_ALL_ACCESS);
     if (!timer_) timer_ = CreateWaitableTimerExW(nullptr, nullptr, 0, TIMER_ALL_ACCESS);
+    woken_ = CreateEventW(nullptr, TRUE, FALSE, nullptr);  // manual reset: a wake sticks
   }
-  ~short_sleeper() {
+  ~timer_sleep() override {
     if (timer_) CloseHandle(timer_);
+    if (woken_) CloseHandle(woken_);
   }
-  short_sleeper(const short_sleeper &) = delete;
-  short_sleeper &operator=(const short_sleeper &) = delete;
+  timer_sleep(const timer_sleep &) = delete;
+  timer_sleep &operator=(const timer_sleep &) = delete;
 
-  void sleep_for(std::chrono::microseconds duration) {
-    if (duration.count() <= 0) return;
-    if (timer_) {
+  void sleep_until(wait_deadline::clock::time_point until) override {
+    const auto left = until - wait_deadline::clock::now();
+    if (left <= wait_deadline::clock::duration::zero()) return;
+    // Rounded up, so a sleep to the deadline ends at or after it.
+    const int64_t us = std::chrono::duration_cast<std::chrono::microseconds>(left).count() + 1;
+    if (timer_ && woken_) {
       LARGE_INTEGER due;
-      due.QuadPart = -int64_t(duration.count()) * 10;  // relative, 100 ns units
-      if (SetWaitableTimer(timer_, &due, 0, nullptr, nullptr, FALSE) &&
-          WaitForSingleObject(timer_, INFINITE) == WAIT_OBJECT_0)
-        return;
+      due.QuadPart = -us * 10;  // relative, 100 ns units
+      if (SetWaitableTimer(timer_, &due, 0, nullptr, nullptr, FALSE)) {
+        const HANDLE either[2] = {timer_, woken_};
+        const DWORD woke = WaitForMultipleObjects(2, either, FALSE, INFINITE);
+        if (woke == WAIT_OBJECT_0 || woke == WAIT_OBJECT_0 + 1) return;
+      }
     }
-    Sleep(DWORD((duration.count() + 999) / 1000));
+    const DWORD ms = DWORD((us + 999) / 1000);
+    if (woken_) {
+      WaitForSingleObject(woken_, ms);
+    } else {
+      Sleep(ms);
+    }
+  }
+
+  void wake() override {
+    if (woken_) SetEvent(woken_);
   }
 
  private:
   HANDLE timer_ = nullptr;
+  HANDLE woken_ = nullptr;
 };
 
 DWORD lock_flags(lock_mode mode) {
@@ -452,9 +471,9 @@ BOOL lock_byte_zero(HANDLE handle, DWORD flags) {
   return LockFileEx(handle, flags, 0, 1, 0, &at_zero);
 }
 
-// One lock request for wait_policy: tries with LOCKFILE_FAIL_IMMEDIATELY,
-// a blocking LockFileEx for forever waits (nothing can interrupt it, so
-// timed waits poll), and sleeps on a waitable timer made at the first sleep.
+// One lock request for wait_policy: tries with LOCKFILE_FAIL_IMMEDIATELY, and
+// a blocking LockFileEx for forever waits (nothing can interrupt it, so timed
+// waits poll, and ipl_cancel() cannot end a forever wait).
 class lockfileex_attempts final : public lock_attempts {
  public:
   lockfileex_attempts(HANDLE handle, lock_mode mode) : handle_(handle), flags_(lock_flags(mode)) {}
@@ -472,20 +491,11 @@ class lockfileex_attempts final : public lock_attempts {
   }
 
   bool wait_is_interruptible() const override { return false; }
-
-  void sleep_until(wait_deadline::clock::time_point until) override {
-    const auto left = until - wait_deadline::clock::now();
-    if (left <= wait_deadline::clock::duration::zero()) return;
-    if (!sleeper_) sleeper_ = std::make_unique<short_sleeper>();
-    // Rounded up, so a sleep to the deadline ends at or after it.
-    sleeper_->sleep_for(std::chrono::duration_cast<std::chrono::microseconds>(left) +
-                        std::chrono::microseconds(1));
-  }
+  bool forever_blocks_uninterruptibly() const override { return true; }
 
  private:
   HANDLE handle_;
   DWORD flags_;
-  std::unique_ptr<short_sleeper> sleeper_;
 };
 
 class win32_lock_file final : public lock_file {
@@ -506,9 +516,9 @@ class win32_lock_file final : public lock_file {
     return {};
   }
 
-  os_result lock(lock_mode mode, const wait_deadline &deadline) override {
+  os_result lock(lock_mode mode, const wait_context &wait) override {
     lockfileex_attempts attempts(file_.handle, mode);
-    const os_result result = wait_for_lock(attempts, deadline);
+    const os_result result = wait_for_lock(attempts, wait);
     held_ = result.status == IPL_OK;
     return result;
   }
@@ -519,6 +529,60 @@ class win32_lock_file final : public lock_file {
     if (!UnlockFileEx(file_.handle, 0, 1, 0, &at_zero)) return lock_failure(GetLastError());
     held_ = false;
     return {};
+  }
+
+  // A shared lock on the byte beside our exclusive one, then one unlock:
+  // Windows removes the exclusive lock first when a range holds both.
+  os_result downgrade() override {
+    if (!lock_byte_zero(file_.handle, LOCKFILE_FAIL_IMMEDIATELY)) return lock_failure(GetLastError());
+    OVERLAPPED at_zero;
+    std::memset(&at_zero, 0, sizeof at_zero);
+    if (!UnlockFileEx(file_.handle, 0, 1, 0, &at_zero)) return lock_failure(GetLastError());
+    return {};
+  }
+
+  // A handle asking for an exclusive lock over its own shared one would
+  // wait for itself: Windows has no atomic upgrade.
+  os_result upgrade(const wait_context &) override { return os_failure(IPL_E_UNSUPPORTED, 0); }
+
+  // A probe through a second handle: the lock's state without this
+  // handle's. While this handle holds it shared, the probe cannot tell this
+  // handle's shared lock from another's: IPL_E_UNSUPPORTED.
+  os_result query(bool holding, lock_mode held_mode, int *state, int64_t *holder_pid) override {
+    if (holder_pid) *holder_pid = -1;
+    if (holding && held_mode == lock_mode::exclusive) {
+      *state = IPL_STATE_FREE;
+      return {};
+    }
+    if (holding) return os_failure(IPL_E_UNSUPPORTED, 0);
+    HANDLE probe = CreateFileW(path_.c_str(), GENERIC_READ,
+                               FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE, nullptr,
+                               OPEN_EXISTING, FILE_ATTRIBUTE_NORMAL, nullptr);
+    if (probe == INVALID_HANDLE_VALUE) return open_failure(GetLastError());
+    OVERLAPPED at_zero;
+    std::memset(&at_zero, 0, sizeof at_zero);
+    if (lock_byte_zero(probe, LOCKFILE_EXCLUSIVE_LOCK | LOCKFILE_FAIL_IMMEDIATELY)) {
+      UnlockFileEx(probe, 0, 1, 0, &at_zero);
+      *state = IPL_STATE_FREE;
+    } else if (lock_byte_zero(probe, LOCKFILE_FAIL_IMMEDIATELY)) {
+      UnlockFileEx(probe, 0, 1, 0, &at_zero);
+      *state = IPL_STATE_SHARED;
+    } else {
+      *state = IPL_STATE_EXCLUSIVE;
+    }
+    CloseHandle(probe);
+    return {};
+  }
+
+  os_result remove() override {
+    bool same = false;
+    const os_result checked = still_at_path(&same);
+    if (checked.status != IPL_OK) return checked;
+    if (same && !DeleteFileW(path_.c_str())) {
+      const DWORD err = GetLastError();
+      if (err != ERROR_FILE_NOT_FOUND) return open_failure(err);
+    }
+    return unlock();
   }
 
   bool writable() const override { return file_.writable; }
@@ -594,6 +658,8 @@ const char *backend_name() { return "win32-lockfileex"; }
 // ERROR_FILE_INVALID: "the volume for a file has been externally altered so
 // that the opened file is no longer valid".
 const int kReplacedTooOftenError = ERROR_FILE_INVALID;
+
+std::unique_ptr<poll_sleep> make_poll_sleep() { return std::make_unique<timer_sleep>(); }
 
 // No fork() on Windows.
 void notice_fork() {}

@@ -11,10 +11,12 @@
  * These rules hold between processes, between threads, and between two
  * handles used by one thread: every handle is its own lock owner.
  *
- * Interoperability: on POSIX the lock is a whole-file fcntl record lock
- * (l_start = 0, l_len = 0): F_WRLCK for exclusive, F_RDLCK for shared.
- * That is the lock Python's fasteners takes, so fasteners processes and
- * libipl processes exclude each other on the same file. On Linux the lock is
+ * Interoperability: on POSIX the lock is an fcntl record lock from byte 0:
+ * F_WRLCK on the whole file (l_start = 0, l_len = 0) for exclusive, F_RDLCK
+ * on bytes 0 to 2^63-2 for shared (the last byte is ipl_upgrade's). That is
+ * the lock Python's fasteners takes (it locks the whole file in both
+ * modes), so fasteners processes and libipl processes exclude each other on
+ * the same file, in both modes and both directions. On Linux the lock is
  * an open-file-description (OFD) lock, owned by the handle, so closing any
  * other descriptor of the file never drops it. On Windows the lock is
  * LockFileEx on offset 0, length 1 (shared or exclusive), the byte fasteners
