@@ -148,6 +148,12 @@ IPL_API int ipl_remove(ipl_lock *lock) {
   return guarded([&] { return lock->handle.remove(); });
 }
 
+IPL_API int ipl_check(ipl_lock *lock) {
+  ipl::detail::notice_fork();
+  if (!lock) return IPL_E_INVALID;
+  return guarded([&] { return lock->handle.check(); });
+}
+
 IPL_API int ipl_os_error(const ipl_lock *lock) { return lock ? lock->handle.last_os_error() : 0; }
 
 IPL_API const char *ipl_strerror(int status) {
@@ -167,6 +173,7 @@ IPL_API const char *ipl_strerror(int status) {
     case IPL_E_UNSUPPORTED: return "not supported on this platform";
     case IPL_E_SIGNAL_IN_USE: return "the signal has an application handler";
     case IPL_E_CANCELED: return "the wait was canceled";
+    case IPL_E_LOST: return "the lock was lost (file server, connection, or lock file replaced)";
     default: return "unknown status";
   }
 }

@@ -95,9 +95,31 @@ int lock_handle::release(lock_mode mode) {
   if (state_ != held_state(mode)) return IPL_E_NOT_HELD;
   const os_result result = file_->unlock();
   // On an OS failure the lock may still be held: keep the state so that the
-  // caller can retry, and ipl_close() still releases by closing.
+  // caller can retry, and ipl_close() still releases by closing. A lost
+  // lock is gone either way.
   if (result.status == IPL_OK) state_ = state::idle;
+  if (result.status == IPL_E_LOST) forget_lost_lock();
   return finish(result);
+}
+
+int lock_handle::check() {
+  std::lock_guard<std::mutex> guard(mutex_);
+  if (state_ == state::acquiring || state_ == state::upgrading) return IPL_E_WOULD_DEADLOCK;
+  if (state_ == state::idle) return IPL_E_NOT_HELD;
+  const os_result result =
+      file_->check(state_ == state::held_exclusive ? lock_mode::exclusive : lock_mode::shared);
+  if (result.status == IPL_E_LOST) {
+    // What may be left (a lock on a file no longer at the path) excludes
+    // nobody who opens the path: let it go.
+    file_->unlock();
+    forget_lost_lock();
+  }
+  return finish(result);
+}
+
+void lock_handle::forget_lost_lock() {
+  state_ = state::idle;
+  needs_reopen_ = true;
 }
 
 int lock_handle::cancel() {

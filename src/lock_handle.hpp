@@ -43,6 +43,7 @@ class lock_handle {
   int downgrade();
   int upgrade(int64_t timeout_ms);
   int remove();
+  int check();
   int last_os_error() const { return last_os_error_.load(std::memory_order_relaxed); }
 
   // The fork handlers' side (platform.hpp: core_*_fork).
@@ -58,6 +59,9 @@ class lock_handle {
     return mode == lock_mode::shared ? state::held_shared : state::held_exclusive;
   }
   int finish(const os_result &result);
+  // With mutex_ held: the lock is gone (IPL_E_LOST); the next acquire
+  // reopens the path.
+  void forget_lost_lock();
   // With mutex_ held: a handle from the parent of a fork holds nothing here.
   void forget_if_inherited();
   // The wait and the identity check; called with state_ == acquiring.

@@ -64,6 +64,11 @@ class lock_file {
   virtual os_result query(bool holding, lock_mode held_mode, int *state,
                           int64_t *holder_pid) = 0;
 
+  // Called while a lock (held_mode) is held: is it still? IPL_OK,
+  // IPL_E_LOST (it is gone: the file server lost it, or the path names
+  // another file now), or an OS failure. Never waits.
+  virtual os_result check(lock_mode held_mode) = 0;
+
   // Called while the exclusive lock is held: removes the file from its
   // path if the path still names it, then unlocks. On failure to remove
   // it, the lock is kept.

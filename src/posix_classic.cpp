@@ -253,6 +253,10 @@ class classic_lock_file final : public lock_file {
     return {};
   }
 
+  os_result check(lock_mode held_mode) override {
+    return posix::check_held(file_, path_, kClassicCommands.try_cmd, held_mode);
+  }
+
   os_result remove() override {
     const os_result removed = posix::unlink_if_still_named(path_, file_.dev, file_.ino);
     if (removed.status != IPL_OK) return removed;

@@ -582,12 +582,41 @@ os_result set_range(const opened_file &file, lock_commands cmds, short type, byt
   return wait_for_lock(attempts, wait);
 }
 
+bool is_lost_error(int err) {
+  // EBADFD: GlusterFS with client.strict-locks after the lock was lost;
+  // ENOTCONN: the server is unreachable; ESTALE: the server forgot the
+  // file; EBADF: the descriptor was closed behind libipl's back.
+  return err == EBADFD || err == ENOTCONN || err == ESTALE || err == EBADF;
+}
+
 os_result clear_range(int fd, int try_cmd, byte_range range) {
   struct flock region = make_region(F_UNLCK, range);
   while (sys::calls.fcntl_lock(fd, try_cmd, &region) != 0) {
-    if (errno != EINTR) return lock_failure(errno);
+    const int err = errno;
+    if (err == EINTR) continue;
+    return is_lost_error(err) ? failure(IPL_E_LOST, err) : lock_failure(err);
   }
   return {};
+}
+
+os_result check_held(const opened_file &file, const std::string &path, int try_cmd,
+                     lock_mode mode) {
+  // Re-asserting the lock held is a no-op for the kernel, and on a network
+  // file system a question to the server.
+  struct flock region =
+      make_region(mode == lock_mode::exclusive ? F_WRLCK : F_RDLCK, range_of(mode));
+  while (sys::calls.fcntl_lock(file.fd, try_cmd, &region) != 0) {
+    const int err = errno;
+    if (err == EINTR) continue;
+    // Busy: someone else holds it now. EIO, ENOLCK: NFS after a lost lock.
+    if (is_busy(err) || is_lost_error(err) || err == EIO || err == ENOLCK)
+      return failure(IPL_E_LOST, err);
+    return lock_failure(err);
+  }
+  bool same = false;
+  const os_result named = still_names(path, file.dev, file.ino, &same);
+  if (named.status != IPL_OK) return named;
+  return same ? os_result{} : failure(IPL_E_LOST, 0);
 }
 
 os_result clear_lock(int fd, int try_cmd) { return clear_range(fd, try_cmd, kWholeFile); }

@@ -116,8 +116,15 @@ os_result set_lock(const opened_file &file, lock_commands cmds, lock_mode mode,
                    const wait_context &wait);
 os_result set_range(const opened_file &file, lock_commands cmds, short type, byte_range range,
                     const wait_context &wait);
+// An unlock failing with an error that says the lock is gone anyway
+// (EBADFD, ENOTCONN, ESTALE, EBADF) is IPL_E_LOST.
 os_result clear_lock(int fd, int try_cmd);
 os_result clear_range(int fd, int try_cmd, byte_range range);
+
+// ipl_check: is the lock held in `mode` still held, and the file still at
+// `path`? IPL_OK, IPL_E_LOST, or an OS failure.
+os_result check_held(const opened_file &file, const std::string &path, int try_cmd,
+                     lock_mode mode);
 
 // Exclusive to shared without a moment of freedom (see kSharedRange).
 os_result convert_to_shared(int fd, int try_cmd);

@@ -574,6 +574,15 @@ class win32_lock_file final : public lock_file {
     return {};
   }
 
+  // Windows says nothing of a lock lost on a server: only the path is
+  // checked.
+  os_result check(lock_mode) override {
+    bool same = false;
+    const os_result checked = still_at_path(&same);
+    if (checked.status != IPL_OK) return checked;
+    return same ? os_result{} : os_failure(IPL_E_LOST, 0);
+  }
+
   os_result remove() override {
     bool same = false;
     const os_result checked = still_at_path(&same);

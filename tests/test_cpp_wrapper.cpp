@@ -1105,3 +1105,884 @@ TEST(WrapperProcess, SharedAcrossProcessesAndReleasedOnKill) {
 }
 
 }  // namespace
+
+// ---- fork() without exec (POSIX) ---------------------------------------------
+// A lock belongs to the process that took it: in a forked child the
+// wrapper's destructors, guards and decorators must leave the parent's lock
+// alone. "Held" is asked of a third process (ipltest::lock_agent), so no
+// in-process state can answer for the kernel. Children forked straight from
+// a test use only async-signal-safe calls and libipl until _exit(), and
+// never return into GoogleTest.
+#ifndef _WIN32
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cstdio>
+
+namespace {
+
+using ipltest::describe_status;
+using ipltest::lock_mode;
+using ipltest::status_text;
+using ipltest::try_from_other_process;
+
+// Forks; the child runs `body` and _exits with its result. -1 on failure.
+// quiet: the child's stderr goes to /dev/null (a std::terminate message
+// there is a failure the parent reports, or the point of the test).
+template <class Body>
+pid_t fork_running(Body body, bool quiet = false) {
+  std::fflush(nullptr);  // nothing buffered twice
+  const pid_t pid = fork();
+  if (pid == 0) {
+    if (quiet) {
+      const int devnull = open("/dev/null", O_WRONLY | O_CLOEXEC);
+      if (devnull >= 0) dup2(devnull, STDERR_FILENO);
+    }
+    _exit(body());
+  }
+  return pid;
+}
+
+// Waits (bounded) for child `pid`: describe_status() of its end, or -1 after
+// kBound (it is then killed and reaped).
+int wait_for_child(pid_t pid) {
+  if (pid <= 0) return -1;
+  const auto deadline = steady::now() + kBound;
+  int status = 0;
+  for (;;) {
+    const pid_t done = waitpid(pid, &status, WNOHANG);
+    if (done == pid) return describe_status(status);
+    if (done < 0 && errno != EINTR) return -1;
+    if (steady::now() >= deadline) {
+      kill(pid, SIGKILL);
+      while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+      }
+      return -1;
+    }
+    std::this_thread::sleep_for(2ms);
+  }
+}
+
+testing::AssertionResult held_by_someone(const std::string &path, const char *when) {
+  const int status = try_from_other_process(path, lock_mode::exclusive);
+  if (status == IPL_E_TIMEOUT) return testing::AssertionSuccess();
+  return testing::AssertionFailure() << when << ": a third process's exclusive try gave "
+                                     << status_text(status) << ", expected the lock to be held";
+}
+
+testing::AssertionResult free_for_all(const std::string &path, const char *when) {
+  const int status = try_from_other_process(path, lock_mode::exclusive);
+  if (status == IPL_OK) return testing::AssertionSuccess();
+  return testing::AssertionFailure() << when << ": a third process's exclusive try gave "
+                                     << status_text(status) << ", expected the lock to be free";
+}
+
+// Catches: a lock object destroyed in a forked child (its destructor's
+// ipl_close) that releases the parent's lock, e.g. an implementation that
+// unlocks before closing, or shares the parent's kernel lock.
+TEST(WrapperFork, LockObjectDestroyedInTheChildLeavesTheParentsLock) {
+  temp_dir dir;
+  const std::string path = dir.path("lock");
+  {
+    SCOPED_TRACE("process_lock");
+    std::optional<ipl::process_lock> lock(std::in_place, path);
+    lock->lock();
+    const pid_t child = fork_running([&] {
+      lock.reset();
+      return 0;
+    });
+    ASSERT_GT(child, 0);
+    EXPECT_EQ(wait_for_child(child), 0);
+    EXPECT_TRUE(held_by_someone(path, "after the child destroyed its copy"));
+    lock->unlock();
+  }
+  for (const bool shared : {false, true}) {
+    SCOPED_TRACE(shared ? "shared_process_lock, shared" : "shared_process_lock, exclusive");
+    std::optional<ipl::shared_process_lock> lock(std::in_place, path);
+    if (shared)
+      lock->lock_shared();
+    else
+      lock->lock();
+    const pid_t child = fork_running([&] {
+      lock.reset();
+      return 0;
+    });
+    ASSERT_GT(child, 0);
+    EXPECT_EQ(wait_for_child(child), 0);
+    EXPECT_TRUE(held_by_someone(path, "after the child destroyed its copy"));
+    if (shared)
+      lock->unlock_shared();
+    else
+      lock->unlock();
+  }
+  EXPECT_TRUE(free_for_all(path, "after the parent unlocked"));
+}
+
+// Catches: a standard guard unwound in a forked child (its destructor calls
+// unlock(), i.e. ipl_release on the inherited handle) that releases the
+// parent's lock: the old OFD code's child unlocked the shared description.
+TEST(WrapperFork, GuardUnwoundInTheChildLeavesTheParentsLock) {
+  temp_dir dir;
+  const std::string path = dir.path("lock");
+  {
+    SCOPED_TRACE("std::unique_lock<process_lock>");
+    ipl::process_lock lock(path);
+    std::optional<std::unique_lock<ipl::process_lock>> guard(std::in_place, lock);
+    const pid_t child = fork_running(
+        [&] {
+          guard.reset();
+          return 0;
+        },
+        true);
+    ASSERT_GT(child, 0);
+    wait_for_child(child);  // how it ends: the next test
+    EXPECT_TRUE(held_by_someone(path, "after the child's guard unlocked"));
+  }
+  {
+    SCOPED_TRACE("std::shared_lock<shared_process_lock>");
+    ipl::shared_process_lock lock(path);
+    std::optional<std::shared_lock<ipl::shared_process_lock>> guard(std::in_place, lock);
+    const pid_t child = fork_running(
+        [&] {
+          guard.reset();
+          return 0;
+        },
+        true);
+    ASSERT_GT(child, 0);
+    wait_for_child(child);
+    EXPECT_TRUE(held_by_someone(path, "after the child's guard unlocked"));
+  }
+  EXPECT_TRUE(free_for_all(path, "after the parent's guards were destroyed"));
+}
+
+// Catches: a std::unique_lock unwound in a forked child ending the child
+// with std::terminate: its destructor calls unlock(), which throws
+// ipl::error(IPL_E_NOT_HELD) for the inherited handle, from a noexcept
+// destructor. A child that returns through the scope that took the lock (a
+// common shape: fork inside a locked region, the child returns to main)
+// must be able to end normally.
+TEST(WrapperFork, GuardUnwoundInTheChildDoesNotTerminateTheChild) {
+  temp_dir dir;
+  const std::string path = dir.path("lock");
+  ipl::process_lock lock(path);
+  std::optional<std::unique_lock<ipl::process_lock>> guard(std::in_place, lock);
+  const pid_t child = fork_running(
+      [&] {
+        guard.reset();
+        return 0;
+      },
+      true);
+  ASSERT_GT(child, 0);
+  const int ended = wait_for_child(child);
+  EXPECT_EQ(ended, 0) << "the child's std::unique_lock destructor ended it ("
+                      << (ended == -1000 - SIGABRT ? "SIGABRT: std::terminate" : "see status")
+                      << ")";
+}
+
+std::optional<ipl::process_lock> static_lock_for_fork;
+
+// args: PATH. Takes the lock in a static-storage object, forks a child that
+// calls exit(0) (so static destructors run there), says "child-exit N",
+// then unlocks when told "release" and says "released".
+IPL_TEST_HELPER(wrapper_fork_static_lock) {
+  static_lock_for_fork.emplace(args.at(0));
+  static_lock_for_fork->lock();
+  std::fflush(nullptr);
+  const pid_t child = fork();
+  if (child == 0) std::exit(0);  // runs static_lock_for_fork's destructor
+  ipltest::helper_say("child-exit " + std::to_string(wait_for_child(child)));
+  std::string line;
+  if (!ipltest::helper_hear(&line) || line != "release") return 1;
+  static_lock_for_fork->unlock();
+  ipltest::helper_say("released");
+  ipltest::helper_hear(&line);
+  return 0;
+}
+
+// Catches: exit() in a forked child, whose static destructors close the
+// inherited lock object, releasing the parent's lock.
+TEST(WrapperFork, ExitInTheChildRunsStaticDestructorsAndLeavesTheParentsLock) {
+  temp_dir dir;
+  const std::string path = dir.path("lock");
+  child_process helper = child_process::helper("wrapper_fork_static_lock", {path});
+  std::string line;
+  ASSERT_TRUE(helper.expect_line("child-exit 0", kBound, &line)) << line;
+  EXPECT_TRUE(held_by_someone(path, "after the child's exit()"));
+  helper.write_line("release");
+  ASSERT_TRUE(helper.expect_line("released"));
+  EXPECT_TRUE(free_for_all(path, "after the holder unlocked"));
+}
+
+// Catches: a decorated function that forks, whose child returns from the
+// function (running the decorator's release and close in the child) and so
+// frees the parent's lock before the parent's call has returned.
+TEST(WrapperFork, DecoratedFunctionThatForksHoldsTheLockUntilTheParentsCallReturns) {
+  temp_dir dir;
+  const std::string path = dir.path("lock");
+  for (const bool read : {false, true}) {
+    SCOPED_TRACE(read ? "interprocess_read_locked" : "interprocess_locked");
+    int child_end = -1;
+    int seen_inside = ipltest::kNoReply;
+    auto body = [&]() -> pid_t {
+      std::fflush(nullptr);
+      const pid_t pid = fork();
+      if (pid > 0) {
+        child_end = wait_for_child(pid);
+        seen_inside = try_from_other_process(path, lock_mode::exclusive);
+      }
+      return pid;
+    };
+    // Made before the call, so the child has nothing to destroy but the
+    // decorator's lock object on its way to _exit().
+    auto exclusive_call = ipl::interprocess_locked(path, body);
+    auto read_call = ipl::interprocess_read_locked(path, body);
+    const pid_t pid = read ? read_call() : exclusive_call();
+    if (pid == 0) _exit(0);  // the child, after the decorator let go there
+    ASSERT_GT(pid, 0);
+    EXPECT_EQ(child_end, 0);
+    EXPECT_EQ(seen_inside, IPL_E_TIMEOUT)
+        << "inside the parent's call, after the child returned from it: "
+        << status_text(seen_inside);
+    EXPECT_TRUE(free_for_all(path, "after the parent's call returned"));
+  }
+}
+
+}  // namespace
+#endif  // !_WIN32
+
+// ---- libipl 0.2.0 in the wrapper: query, cancel, downgrade/upgrade, remove,
+// ---- and decorated calls that nest ----------------------------------------------
+// "Held" and "free" are asked of a third process (ipltest::lock_agent,
+// try_from_other_process), so no in-process state can answer for the
+// kernel. Every call that a broken wrapper would leave blocked has a way
+// out: cancel() after kBound, the holder's release, or a helper process that
+// the test kills.
+#include <filesystem>
+#include <functional>
+#include <future>
+
+namespace {
+
+using ipltest::kNoReply;
+using ipltest::lock_agent;
+using lock_kind = ipltest::lock_mode;
+
+// What a third process gets with one try in `mode`.
+int third_try(const std::string &path, lock_kind mode) {
+  return ipltest::try_from_other_process(path, mode);
+}
+
+// Runs `blocking` (a call that should end by throwing ipl::error) in a thread
+// and, from this thread, calls `cancel` every millisecond from `after` on
+// until it returns. If it is still running after kBound, `rescue` (e.g. the
+// holder's release) lets it end. The status it threw (IPL_OK: it returned),
+// and how long after the first cancel it returned.
+struct canceled_call {
+  int status = kNoReply;
+  std::chrono::microseconds latency{0};
+  bool rescued = false;
+};
+template <class Blocking, class Cancel, class Rescue>
+canceled_call cancel_while_waiting(Blocking blocking, Cancel cancel, Rescue rescue,
+                                   std::chrono::milliseconds after = 200ms) {
+  canceled_call result;
+  std::promise<int> ended;
+  std::future<int> status = ended.get_future();
+  std::thread waiter([&] {
+    int seen = IPL_OK;
+    try {
+      blocking();
+    } catch (const ipl::error &e) {
+      seen = e.status();
+    }
+    ended.set_value(seen);
+  });
+  std::this_thread::sleep_for(after);  // a window: the call is waiting by now
+  const auto first_cancel = steady::now();
+  while (status.wait_for(1ms) != std::future_status::ready) {
+    if (steady::now() - first_cancel > kBound) {
+      result.rescued = true;
+      rescue();
+      status.wait();
+      break;
+    }
+    cancel();
+  }
+  result.latency =
+      std::chrono::duration_cast<std::chrono::microseconds>(steady::now() - first_cancel);
+  waiter.join();
+  result.status = status.get();
+  return result;
+}
+
+// Catches: a state mapped onto the wrong lock_state, a holder's pid dropped
+// (or -1 turned into a pid), find_holder = false still asking for one, the
+// object's own lock counted as someone else's.
+TEST(WrapperQuery, ReportsWhoElseHoldsTheLockAndHow) {
+  temp_dir dir;
+  const std::string path = dir.path("lock");
+  ipl::shared_process_lock lock(path);
+  ipl::query_result seen = lock.query();
+  EXPECT_EQ(seen.state, ipl::lock_state::free);
+  EXPECT_FALSE(seen.holder_pid.has_value());
+
+  lock_agent agent(path);
+  ASSERT_TRUE(agent.started());
+  const int64_t agent_pid = agent.process().pid();
+  ASSERT_EQ(agent.acquire(lock_kind::exclusive, 0), IPL_OK);
+  seen = lock.query();
+  EXPECT_EQ(seen.state, ipl::lock_state::exclusive);
+  EXPECT_EQ(seen.holder_pid.value_or(-1), agent_pid);
+  seen = lock.query(false);
+  EXPECT_EQ(seen.state, ipl::lock_state::exclusive);
+  EXPECT_FALSE(seen.holder_pid.has_value()) << "find_holder = false looked one up";
+  ASSERT_EQ(agent.release(lock_kind::exclusive), IPL_OK);
+
+  ASSERT_EQ(agent.acquire(lock_kind::shared, 0), IPL_OK);
+  ASSERT_TRUE(lock.try_lock_shared());
+  seen = lock.query();
+  EXPECT_EQ(seen.state, ipl::lock_state::shared);
+  EXPECT_EQ(seen.holder_pid.value_or(-1), agent_pid);
+  ASSERT_EQ(agent.release(lock_kind::shared), IPL_OK);
+  EXPECT_EQ(lock.query().state, ipl::lock_state::free) << "its own shared lock counted";
+  lock.unlock_shared();
+
+  ipl::process_lock exclusive(path);
+  exclusive.lock();
+  EXPECT_EQ(exclusive.query().state, ipl::lock_state::free) << "its own lock counted";
+  EXPECT_EQ(lock.query().state, ipl::lock_state::exclusive);
+  exclusive.unlock();
+  EXPECT_TRUE(throws_status(IPL_E_INVALID, [] { ipl::process_lock().query(); }));
+}
+
+// Catches: cancel() not reaching ipl_cancel (the wait would only end at
+// the rescue), IPL_E_CANCELED from a timed wait reported as false ("held
+// elsewhere"), a canceled lock() marked as taken (a later unlock() must
+// still throw IPL_E_NOT_HELD), an error without the std::errc condition.
+TEST(WrapperCancel, CancelFromAnotherThreadEndsTheWaitWithCanceled) {
+  temp_dir dir;
+  const std::string path = dir.path("lock");
+  lock_agent agent(path);
+  ASSERT_TRUE(agent.started());
+  ASSERT_EQ(agent.acquire(lock_kind::exclusive, 0), IPL_OK);
+  ipl::process_lock lock(path);
+  for (const bool timed : {false, true}) {
+    SCOPED_TRACE(timed ? "try_lock_for(kBound)" : "lock()");
+    bool returned_false = false;
+    const canceled_call call = cancel_while_waiting(
+        [&] {
+          if (timed)
+            returned_false = !lock.try_lock_for(kBound);
+          else
+            lock.lock();
+        },
+        [&] { lock.cancel(); }, [&] { agent.release(lock_kind::exclusive); });
+    ASSERT_FALSE(call.rescued) << "cancel() did not end the wait";
+    EXPECT_EQ(call.status, IPL_E_CANCELED) << (returned_false ? "returned false" : "");
+    EXPECT_LT(call.latency, 1000ms);
+    std::printf("[ latency  ] cancel -> %s threw after %lld us\n",
+                timed ? "try_lock_for" : "lock", static_cast<long long>(call.latency.count()));
+    EXPECT_TRUE(throws_status(IPL_E_NOT_HELD, [&] { lock.unlock(); }));
+  }
+  try {
+    ipl::shared_process_lock rw(path);
+    std::atomic<bool> returned{false};
+    std::thread canceler([&] {
+      std::this_thread::sleep_for(100ms);
+      // Until the wait has ended (a cancel before it starts does nothing);
+      // after kBound the agent's release ends it.
+      for (const auto start = steady::now(); !returned.load();) {
+        if (steady::now() - start > kBound) {
+          agent.release(lock_kind::exclusive);
+          break;
+        }
+        rw.cancel();
+        std::this_thread::sleep_for(1ms);
+      }
+    });
+    try {
+      rw.lock_shared();
+      ADD_FAILURE() << "lock_shared() returned while another process held the lock";
+    } catch (const ipl::error &e) {
+      EXPECT_EQ(e.status(), IPL_E_CANCELED);
+      EXPECT_EQ(e.code(), std::errc::operation_canceled);
+      EXPECT_EQ(e.os_error(), 0);
+      EXPECT_EQ(e.path(), path);
+    }
+    returned.store(true);
+    canceler.join();
+  } catch (const std::exception &e) {
+    ADD_FAILURE() << e.what();
+  }
+  // Nothing was taken: once the agent lets go, the object locks normally.
+  ASSERT_EQ(agent.release(lock_kind::exclusive), IPL_OK);
+  EXPECT_TRUE(lock.try_lock());
+  EXPECT_EQ(third_try(path, lock_kind::shared), IPL_E_TIMEOUT);
+  lock.unlock();
+}
+
+// Catches: a cancel() with no wait in progress that poisons the next wait
+// (ipl.h: it does nothing), or that throws.
+TEST(WrapperCancel, CancelWithoutAWaitDoesNothing) {
+  temp_dir dir;
+  const std::string path = dir.path("lock");
+  lock_agent agent(path);
+  ASSERT_TRUE(agent.started());
+  ASSERT_EQ(agent.acquire(lock_kind::exclusive, 0), IPL_OK);
+  ipl::process_lock lock(path);
+  lock.cancel();
+  lock.cancel();
+  const auto start = steady::now();
+  EXPECT_FALSE(lock.try_lock_for(300ms));
+  EXPECT_GE(steady::now() - start, 300ms);
+  EXPECT_TRUE(throws_status(IPL_E_INVALID, [] { ipl::process_lock().cancel(); }));
+}
+
+// Catches: a downgrade that is not ipl_downgrade (a writer let in, or
+// readers kept out), held-mode tracking not following it (unlock() must
+// then throw IPL_E_NOT_HELD and keep the shared lock), a downgrade of a
+// lock not held exclusive that does not throw or drops what is held.
+TEST(WrapperUpgrade, DowngradeLetsReadersInAndKeepsWritersOut) {
+  temp_dir dir;
+  const std::string path = dir.path("lock");
+  ipl::shared_process_lock rw(path);
+  EXPECT_TRUE(throws_status(IPL_E_NOT_HELD, [&] { rw.downgrade(); }));
+  rw.lock();
+  EXPECT_EQ(third_try(path, lock_kind::shared), IPL_E_TIMEOUT);
+  rw.downgrade();
+  EXPECT_EQ(third_try(path, lock_kind::shared), IPL_OK);
+  EXPECT_EQ(third_try(path, lock_kind::exclusive), IPL_E_TIMEOUT);
+  EXPECT_TRUE(throws_status(IPL_E_NOT_HELD, [&] { rw.unlock(); }));
+  EXPECT_TRUE(throws_status(IPL_E_NOT_HELD, [&] { rw.downgrade(); }));
+  EXPECT_EQ(third_try(path, lock_kind::exclusive), IPL_E_TIMEOUT) << "a failed call dropped it";
+  rw.unlock_shared();
+  EXPECT_EQ(third_try(path, lock_kind::exclusive), IPL_OK);
+
+  // The documented hand-over between standard guards.
+  {
+    std::unique_lock<ipl::shared_process_lock> writing(rw);
+    rw.downgrade();
+    std::shared_lock<ipl::shared_process_lock> reading(*writing.release(), std::adopt_lock);
+    EXPECT_EQ(third_try(path, lock_kind::shared), IPL_OK);
+    EXPECT_EQ(third_try(path, lock_kind::exclusive), IPL_E_TIMEOUT);
+  }
+  EXPECT_EQ(third_try(path, lock_kind::exclusive), IPL_OK);
+}
+
+// Catches: an upgrade that does not wait for the other readers (or never
+// ends once they leave), a timeout reported as an exception or a wait cut
+// short, a failed upgrade that drops the shared lock, held-mode tracking
+// not following a successful upgrade.
+TEST(WrapperUpgrade, UpgradeWaitsForOtherReadersAndKeepsTheSharedLockOnFailure) {
+  temp_dir dir;
+  const std::string path = dir.path("lock");
+  ipl::shared_process_lock rw(path);
+  EXPECT_TRUE(throws_status(IPL_E_NOT_HELD, [&] { rw.try_upgrade(); }));
+  lock_agent reader(path);
+  ASSERT_TRUE(reader.started());
+  ASSERT_EQ(reader.acquire(lock_kind::shared, 0), IPL_OK);
+  rw.lock_shared();
+  EXPECT_FALSE(rw.try_upgrade());
+  auto start = steady::now();
+  EXPECT_FALSE(rw.try_upgrade_for(200ms));
+  auto waited = steady::now() - start;
+  EXPECT_GE(waited, 200ms);
+  EXPECT_LT(waited, 1000ms + 200ms);
+  start = steady::now();
+  EXPECT_FALSE(rw.try_upgrade_until(std::chrono::system_clock::now() + 150ms));
+  EXPECT_GE(steady::now() - start, 140ms);  // system_clock to steady: a little slack
+  // Still shared: other readers in, writers out.
+  EXPECT_EQ(third_try(path, lock_kind::shared), IPL_OK);
+  EXPECT_EQ(third_try(path, lock_kind::exclusive), IPL_E_TIMEOUT);
+
+  std::thread leaver([&] {
+    std::this_thread::sleep_for(200ms);
+    reader.release(lock_kind::shared);
+  });
+  start = steady::now();
+  const bool upgraded = rw.try_upgrade_for(kBound);
+  waited = steady::now() - start;
+  leaver.join();
+  ASSERT_TRUE(upgraded);
+  EXPECT_LT(waited, kBound);
+  EXPECT_EQ(third_try(path, lock_kind::shared), IPL_E_TIMEOUT) << "not exclusive after upgrade";
+  EXPECT_TRUE(throws_status(IPL_E_NOT_HELD, [&] { rw.unlock_shared(); }));
+  EXPECT_TRUE(throws_status(IPL_E_NOT_HELD, [&] { rw.upgrade(); }));
+  rw.unlock();
+  EXPECT_EQ(third_try(path, lock_kind::exclusive), IPL_OK);
+}
+
+// Catches: two upgraders that wait for each other for ever (the second
+// must throw IPL_E_WOULD_DEADLOCK at once, from upgrade() and from the
+// timed forms, which must not turn it into false), the loser's shared lock
+// dropped, and cancel() not ending a waiting upgrade (which then keeps its
+// shared lock).
+TEST(WrapperUpgrade, SecondUpgraderThrowsWouldDeadlockAndCancelEndsAnUpgrade) {
+  temp_dir dir;
+  const std::string path = dir.path("lock");
+  ipl::shared_process_lock first(path);
+  ipl::shared_process_lock second(path);
+  first.lock_shared();
+  second.lock_shared();
+  std::promise<int> first_result;
+  std::future<int> first_done = first_result.get_future();
+  std::thread upgrader([&] {
+    int status = IPL_OK;
+    try {
+      first.upgrade();  // waits for `second` to leave
+    } catch (const ipl::error &e) {
+      status = e.status();
+    }
+    first_result.set_value(status);
+  });
+  // Until `first` waits, `second` just sees another reader (false).
+  int seen = IPL_OK;
+  const auto deadline = steady::now() + kBound;
+  while (seen != IPL_E_WOULD_DEADLOCK && steady::now() < deadline) {
+    try {
+      if (second.try_upgrade()) {
+        seen = IPL_OK;
+        break;
+      }
+      std::this_thread::sleep_for(1ms);
+    } catch (const ipl::error &e) {
+      seen = e.status();
+    }
+  }
+  EXPECT_EQ(seen, IPL_E_WOULD_DEADLOCK);
+  const auto start = steady::now();
+  EXPECT_TRUE(throws_status(IPL_E_WOULD_DEADLOCK, [&] { second.try_upgrade_for(kBound); }));
+  EXPECT_TRUE(throws_status(IPL_E_WOULD_DEADLOCK, [&] { second.upgrade(); }));
+  EXPECT_LT(steady::now() - start, 1000ms) << "the second upgrade waited";
+  EXPECT_EQ(third_try(path, lock_kind::shared), IPL_OK);
+  EXPECT_EQ(first_done.wait_for(0ms), std::future_status::timeout) << "upgraded beside a reader";
+  second.unlock_shared();  // the loser lets go, so the winner finishes
+  ASSERT_EQ(first_done.wait_for(kBound), std::future_status::ready);
+  upgrader.join();
+  EXPECT_EQ(first_done.get(), IPL_OK);
+  EXPECT_EQ(third_try(path, lock_kind::shared), IPL_E_TIMEOUT);
+  first.unlock();
+
+  // A waiting upgrade ended by cancel() keeps its shared lock.
+  first.lock_shared();
+  second.lock_shared();
+  const canceled_call call = cancel_while_waiting([&] { first.upgrade(); },
+                                                  [&] { first.cancel(); },
+                                                  [&] { second.unlock_shared(); });
+  ASSERT_FALSE(call.rescued) << "cancel() did not end the upgrade";
+  EXPECT_EQ(call.status, IPL_E_CANCELED);
+  std::printf("[ latency  ] cancel -> upgrade threw after %lld us\n",
+              static_cast<long long>(call.latency.count()));
+  second.unlock_shared();
+  EXPECT_EQ(third_try(path, lock_kind::exclusive), IPL_E_TIMEOUT) << "shared lock lost";
+  first.unlock_shared();
+  EXPECT_EQ(third_try(path, lock_kind::exclusive), IPL_OK);
+}
+
+// Catches: remove() that leaves the file, that keeps the lock, that a
+// guard still in scope turns into std::terminate (its unlock() must do
+// nothing), that absorbs more than that one unlock(), or that a handle not
+// holding the lock exclusive gets through (the shared lock is kept).
+TEST(WrapperRemove, RemovesTheFileReleasesAndLeavesTheGuardQuiet) {
+  temp_dir dir;
+  const std::string path = dir.path("lock");
+  ipl::process_lock lock(path);
+  EXPECT_TRUE(throws_status(IPL_E_NOT_HELD, [&] { lock.remove(); }));
+  {
+    std::unique_lock<ipl::process_lock> guard(lock);
+    lock.remove();
+    struct stat info {};
+    EXPECT_NE(stat(path.c_str(), &info), 0) << "the lock file is still there";
+    EXPECT_EQ(third_try(path, lock_kind::exclusive), IPL_OK) << "still locked after remove()";
+  }  // guard.unlock(): nothing to do, and no exception
+  EXPECT_TRUE(throws_status(IPL_E_NOT_HELD, [&] { lock.unlock(); }));
+  lock.lock();  // creates it again
+  struct stat info {};
+  EXPECT_EQ(stat(path.c_str(), &info), 0);
+  EXPECT_EQ(third_try(path, lock_kind::shared), IPL_E_TIMEOUT);
+  lock.unlock();
+
+  ipl::shared_process_lock rw(path);
+  rw.lock_shared();
+  EXPECT_TRUE(throws_status(IPL_E_NOT_HELD, [&] { rw.remove(); }));
+  EXPECT_EQ(stat(path.c_str(), &info), 0);
+  EXPECT_EQ(third_try(path, lock_kind::exclusive), IPL_E_TIMEOUT);
+  rw.unlock_shared();
+  rw.lock();
+  rw.remove();
+  EXPECT_NE(stat(path.c_str(), &info), 0);
+  EXPECT_NO_THROW(rw.unlock());
+  EXPECT_TRUE(throws_status(IPL_E_NOT_HELD, [&] { rw.unlock(); }));
+}
+
+// Catches: a waiter that ends up holding a lock on the removed file (which
+// excludes nobody): after the remove, the waiter's lock must be on the
+// file the path names, as a third process sees.
+TEST(WrapperRemove, AWaiterEndsUpLockingTheFileThePathNames) {
+  temp_dir dir;
+  const std::string path = dir.path("lock");
+  ipl::process_lock holder(path);
+  holder.lock();
+  ipl::process_lock waiter(path);
+  std::future<bool> got = std::async(std::launch::async, [&] { return waiter.try_lock_for(kBound); });
+  std::this_thread::sleep_for(200ms);  // the waiter is waiting by now
+  holder.remove();
+  ASSERT_EQ(got.wait_for(kBound), std::future_status::ready);
+  ASSERT_TRUE(got.get());
+  struct stat info {};
+  EXPECT_EQ(stat(path.c_str(), &info), 0) << "the waiter did not create the file again";
+  EXPECT_EQ(third_try(path, lock_kind::exclusive), IPL_E_TIMEOUT);
+  waiter.unlock();
+}
+
+// ---- Decorated calls that nest in one thread --------------------------------------
+
+// Decorates `body` on `path` in mode "exclusive", "read" or "write".
+std::function<int()> decorated(const std::string &mode, const std::string &path,
+                               std::function<int()> body) {
+  if (mode == "exclusive") return ipl::interprocess_locked(path, std::move(body));
+  if (mode == "read") return ipl::interprocess_read_locked(path, std::move(body));
+  return ipl::interprocess_write_locked(path, std::move(body));
+}
+
+// args: OUTER_MODE OUTER_PATH INNER_MODE INNER_PATH. In a decorated call
+// (outer), makes a decorated call (inner) and says "inner S" (S: the status
+// it threw, 0 when it returned), then waits for "finish" and returns. Then
+// makes the inner call alone and says "alone S". With INNER_MODE "self-..."
+// the outer callable calls itself once more instead. A wrapper that waits
+// for its own outer call hangs here; the test kills the helper.
+IPL_TEST_HELPER(wrapper_nested_call) {
+  const std::string outer_mode = args.at(0), outer_path = args.at(1);
+  const std::string inner_mode = args.at(2), inner_path = args.at(3);
+  const auto status_of = [](const std::function<int()> &call) {
+    try {
+      return call();
+    } catch (const ipl::error &e) {
+      return e.status();
+    }
+  };
+  int depth = 0;
+  std::function<int()> outer;
+  std::function<int()> inner = inner_mode == "self" ? std::function<int()>([&] { return outer(); })
+                                                    : decorated(inner_mode, inner_path, [] { return 0; });
+  outer = decorated(outer_mode, outer_path, [&]() -> int {
+    if (++depth > 1) return 0;  // the nested call of "self"
+    ipltest::helper_say("inner " + std::to_string(status_of(inner)));
+    std::string line;
+    if (!ipltest::helper_hear(&line) || line != "finish") return 1;
+    return 0;
+  });
+  if (outer() != 0) return 1;
+  depth = 1;  // "self": no second level this time
+  ipltest::helper_say("alone " + std::to_string(status_of(inner_mode == "self" ? outer : inner)));
+  return 0;
+}
+
+// Runs wrapper_nested_call and checks what the inner call did, that the
+// outer call still held its lock after that (a third process is kept out
+// of `outer_path` in the outer mode's conflicting mode), and that afterwards
+// the inner call alone succeeds (no stale record).
+void expect_nested(const std::string &outer_mode, const std::string &outer_path,
+                   const std::string &inner_mode, const std::string &inner_path, int expected) {
+  SCOPED_TRACE(outer_mode + " call, nested " + inner_mode + " call on " + inner_path);
+  child_process helper = child_process::helper(
+      "wrapper_nested_call", {outer_mode, outer_path, inner_mode, inner_path});
+  std::string line;
+  const auto start = steady::now();
+  ASSERT_TRUE(helper.read_line(&line, kBound)) << "the nested call hung (or the helper died)";
+  EXPECT_LT(steady::now() - start, kBound);
+  EXPECT_EQ(line, "inner " + std::to_string(expected));
+  EXPECT_EQ(third_try(outer_path, outer_mode == "read" ? lock_kind::exclusive : lock_kind::shared),
+            IPL_E_TIMEOUT)
+      << "the outer call lost its lock";
+  helper.write_line("finish");
+  EXPECT_TRUE(helper.expect_line("alone 0", kBound, &line)) << line;
+  EXPECT_EQ(helper.wait(kBound), 0);
+}
+
+// Catches: the nested call hanging (each call's own handle waits for the
+// outer one), a nesting that cannot deadlock refused (read in read, other
+// files), a record that outlives its call, and the outer lock dropped when
+// the inner call throws.
+TEST(WrapperDecoratorNesting, ConflictingNestedCallsThrowWouldDeadlockAtOnce) {
+  temp_dir dir;
+  const std::string path = dir.path("lock");
+  const std::string other = dir.path("other");
+  expect_nested("exclusive", path, "self", path, IPL_E_WOULD_DEADLOCK);
+  expect_nested("write", path, "self", path, IPL_E_WOULD_DEADLOCK);
+  expect_nested("exclusive", path, "exclusive", path, IPL_E_WOULD_DEADLOCK);
+  expect_nested("read", path, "write", path, IPL_E_WOULD_DEADLOCK);
+  expect_nested("read", path, "exclusive", path, IPL_E_WOULD_DEADLOCK);
+  expect_nested("write", path, "read", path, IPL_E_WOULD_DEADLOCK);
+  expect_nested("exclusive", path, "read", path, IPL_E_WOULD_DEADLOCK);
+  // Shared beside shared never waits: allowed.
+  expect_nested("read", path, "self", path, 0);
+  expect_nested("read", path, "read", path, 0);
+  // Another file: no false alarm.
+  expect_nested("exclusive", path, "exclusive", other, 0);
+  expect_nested("write", path, "read", other, 0);
+}
+
+// Catches: "the same file" decided by comparing path strings only: another
+// spelling, or a symbolic link, would still hang.
+TEST(WrapperDecoratorNesting, AnotherNameForTheSameFileIsTheSameLock) {
+  temp_dir dir;
+  const std::string path = dir.path("lock");
+  { ipl::process_lock create(path); }
+  expect_nested("exclusive", path, "exclusive", dir.path("./lock"), IPL_E_WOULD_DEADLOCK);
+  expect_nested("read", path, "write", dir.root() + "//lock", IPL_E_WOULD_DEADLOCK);
+#ifndef _WIN32
+  const std::string link = dir.path("link");
+  ASSERT_EQ(symlink(path.c_str(), link.c_str()), 0);
+  expect_nested("exclusive", path, "exclusive", link, IPL_E_WOULD_DEADLOCK);
+#endif
+}
+
+// Catches: records shared by every thread (a call from another thread
+// must wait for the outer call, as another process would, not throw).
+TEST(WrapperDecoratorNesting, AnotherThreadWaitsInsteadOfThrowing) {
+  temp_dir dir;
+  const std::string path = dir.path("lock");
+  std::promise<void> inside;
+  std::promise<void> leave;
+  std::shared_future<void> may_leave = leave.get_future().share();
+  auto critical = ipl::interprocess_locked(path, [&](bool first) {
+    if (first) {
+      inside.set_value();
+      may_leave.wait_for(kBound);
+    }
+    return first ? 1 : 2;
+  });
+  std::future<int> outer = std::async(std::launch::async, [&] { return critical(true); });
+  ASSERT_EQ(inside.get_future().wait_for(kBound), std::future_status::ready);
+  std::future<int> other = std::async(std::launch::async, [&] {
+    try {
+      return critical(false);
+    } catch (const ipl::error &e) {
+      return e.status();
+    }
+  });
+  EXPECT_EQ(other.wait_for(300ms), std::future_status::timeout) << "did not wait";
+  leave.set_value();
+  ASSERT_EQ(other.wait_for(kBound), std::future_status::ready);
+  EXPECT_EQ(outer.get(), 1);
+  EXPECT_EQ(other.get(), 2);
+}
+
+}  // namespace
+
+#ifndef _WIN32
+#include <sys/wait.h>
+#include <unistd.h>
+
+namespace {
+
+// Forks; the child runs `body` and _exits with its result; then waits for it
+// (bounded; killed after kBound): its describe_status(), or -1.
+template <class Body>
+int run_forked(Body body) {
+  std::fflush(nullptr);
+  const pid_t pid = fork();
+  if (pid == 0) _exit(body());
+  if (pid < 0) return -1;
+  const auto deadline = steady::now() + kBound;
+  int status = 0;
+  for (;;) {
+    const pid_t done = waitpid(pid, &status, WNOHANG);
+    if (done == pid) return ipltest::describe_status(status);
+    if (done < 0 && errno != EINTR) return -1;
+    if (steady::now() >= deadline) {
+      kill(pid, SIGKILL);
+      while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+      }
+      return -1;
+    }
+    std::this_thread::sleep_for(2ms);
+  }
+}
+
+// Catches: downgrade()/upgrade() that do not update the held mode: in a
+// forked child (which holds nothing) the unlock of the mode now held must
+// do nothing, and the unlock of the mode no longer held must throw; the
+// parent's lock stays held whatever the child does.
+TEST(WrapperUpgrade, HeldModeFollowsDowngradeAndUpgradeInAForkedChild) {
+  temp_dir dir;
+  const std::string path = dir.path("lock");
+  ipl::shared_process_lock rw(path);
+  rw.lock();
+  rw.downgrade();
+  // 0: as documented; 1: unlock_shared() threw; 2: unlock() did not throw.
+  EXPECT_EQ(run_forked([&] {
+              try {
+                rw.unlock_shared();
+              } catch (const ipl::error &) {
+                return 1;
+              }
+              try {
+                rw.unlock();
+                return 2;
+              } catch (const ipl::error &) {
+                return 0;
+              }
+            }),
+            0);
+  EXPECT_EQ(third_try(path, lock_kind::exclusive), IPL_E_TIMEOUT);
+  EXPECT_EQ(third_try(path, lock_kind::shared), IPL_OK);
+  rw.unlock_shared();
+
+  rw.lock_shared();
+  ASSERT_TRUE(rw.try_upgrade());
+  EXPECT_EQ(run_forked([&] {
+              try {
+                std::unique_lock<ipl::shared_process_lock> guard(rw, std::adopt_lock);
+              } catch (const ipl::error &) {
+                return 1;
+              }
+              return 0;
+            }),
+            0);
+  EXPECT_EQ(third_try(path, lock_kind::shared), IPL_E_TIMEOUT);
+  rw.unlock();
+}
+
+// Catches: a forked child that takes its parent's decorated calls for its
+// own: it holds none of their locks, so its decorated call must wait for
+// the parent (and then run), not throw IPL_E_WOULD_DEADLOCK.
+TEST(WrapperDecoratorNesting, AForkedChildWaitsForItsParentsCall) {
+  temp_dir dir;
+  const std::string path = dir.path("lock");
+  pid_t child = -1;
+  // The child's decorated call happens inside the parent's.
+  auto parent_call = ipl::interprocess_locked(path, [&]() -> int {
+    std::fflush(nullptr);
+    child = fork();
+    if (child == 0) {
+      int status;
+      try {
+        status = ipl::interprocess_locked(path, [] { return 7; })();
+      } catch (const ipl::error &e) {
+        status = 100 - e.status();  // 104 for IPL_E_WOULD_DEADLOCK
+      }
+      _exit(status);
+    }
+    std::this_thread::sleep_for(300ms);  // the child is waiting by now
+    return 0;
+  });
+  EXPECT_EQ(parent_call(), 0);
+  ASSERT_GT(child, 0);
+  const auto deadline = steady::now() + kBound;
+  int status = 0;
+  pid_t done = 0;
+  while ((done = waitpid(child, &status, WNOHANG)) == 0 && steady::now() < deadline)
+    std::this_thread::sleep_for(2ms);
+  if (done != child) {
+    kill(child, SIGKILL);
+    waitpid(child, &status, 0);
+    FAIL() << "the child's decorated call never returned";
+  }
+  EXPECT_EQ(ipltest::describe_status(status), 7)
+      << "104: the child threw IPL_E_WOULD_DEADLOCK for its parent's call";
+}
+
+}  // namespace
+#endif  // !_WIN32

@@ -141,6 +141,12 @@ extern "C" {
 /* The wait was ended by ipl_cancel(). Nothing was acquired; a lock the
  * handle held before the call (ipl_upgrade) is kept. */
 #define IPL_E_CANCELED (-14)
+/* The lock this handle held is gone without a release: the file server
+ * restarted or the connection to it was cut (NFS, GlusterFS with
+ * client.strict-locks, SMB...), or the lock file was removed or replaced
+ * so that its path now names another file. The handle holds nothing any
+ * more; its next acquire opens the path anew. See ipl_check(). */
+#define IPL_E_LOST (-15)
 
 /* Wait without a time limit. */
 #define IPL_WAIT_FOREVER (-1)
@@ -306,6 +312,22 @@ IPL_API int ipl_upgrade(ipl_lock *lock, int64_t timeout_ms);
  * exclusive; what the handle holds is kept); IPL_E_ACCESS (no permission to
  * remove it: the lock is then kept); IPL_E_OS. */
 IPL_API int ipl_remove(ipl_lock *lock);
+
+/* Is the lock this handle holds still held? Asks the OS, without waiting:
+ * on POSIX it re-asserts the lock it holds (an fcntl F_SETLK of the same
+ * type and range, which on a network file system goes to the server) and
+ * checks that the path still names the locked file.
+ * Returns IPL_OK (still held); IPL_E_LOST (see IPL_E_LOST: the handle then
+ * holds nothing); IPL_E_NOT_HELD (the handle holds no lock);
+ * IPL_E_INVALID (NULL); IPL_E_WOULD_DEADLOCK (another thread is acquiring
+ * on this handle); IPL_E_OS. Limits: what a file system does not report
+ * cannot be seen. GlusterFS without client.strict-locks drops a lock on a
+ * brick restart silently, and re-asserting it then takes it again if it is
+ * free (it is lost only if someone else took it meanwhile); NFS reports a
+ * lost lock as EIO on the next lock call. On Windows only the path is
+ * checked. ipl_release*() after a loss the OS reports (EBADFD, ENOTCONN,
+ * ESTALE) returns IPL_E_LOST too. */
+IPL_API int ipl_check(ipl_lock *lock);
 
 /* ---- How timed waits sleep -------------------------------------------------
  * A timed wait (timeout_ms > 0) sleeps in the kernel's blocking lock call and

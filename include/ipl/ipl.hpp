@@ -11,10 +11,15 @@
 //   ipl::process_lock          exclusive lock on a lock file (TimedLockable)
 //   ipl::shared_process_lock   reader-writer lock on a lock file
 //                              (TimedLockable and SharedTimedLockable)
+//   ipl::lock_state, ipl::query_result
+//                              what query() reports: is the lock held
+//                              elsewhere, how, and by which process
 //   ipl::interprocess_locked, ipl::interprocess_read_locked,
 //   ipl::interprocess_write_locked
 //                              wrap a callable so every call runs under the
-//                              lock, like fasteners' decorators
+//                              lock, like fasteners' decorators; a decorated
+//                              call nested in one on the same lock file in
+//                              the same thread throws instead of hanging
 //
 // The lock types are move-only RAII owners of one ipl_lock handle, so the
 // standard tools just work:
@@ -26,10 +31,11 @@
 //   ipl::shared_process_lock rw("/run/myapp/db.lock");
 //   std::shared_lock<ipl::shared_process_lock> reading(rw);
 //
-// Errors: an expected outcome is not an exception. try_lock* return false
-// when the lock is held elsewhere (IPL_E_TIMEOUT); every other failure throws
-// ipl::error, e.g. IPL_E_WOULD_DEADLOCK when this object already holds the
-// lock (locks are not reentrant and never upgraded silently).
+// Errors: an expected outcome is not an exception. try_lock* (and
+// try_upgrade*) return false when the lock is held elsewhere (IPL_E_TIMEOUT);
+// every other failure throws ipl::error, e.g. IPL_E_WOULD_DEADLOCK when this
+// object already holds the lock (locks are not reentrant and never upgraded
+// silently), IPL_E_CANCELED when cancel() ended the wait.
 //
 // Timeouts (try_lock_for / try_lock_until and their _shared forms):
 //   - durations are rounded UP to whole milliseconds, so a wait never ends
@@ -45,7 +51,11 @@
 //
 // Threads: as in the C API, calls on one object from several threads are
 // safe, except that moving, close() and destruction must not race with other
-// calls on the same object.
+// calls on the same object. cancel() is meant for another thread: it ends a
+// wait in progress on the object (lock(), try_lock_for(), upgrade(), ...),
+// which then throws ipl::error(IPL_E_CANCELED) and holds what it held
+// before. With no wait in progress cancel() does nothing, also to a wait
+// that starts later: call it again until the waiting thread has returned.
 #ifndef IPL_IPL_HPP
 #define IPL_IPL_HPP
 
@@ -61,14 +71,21 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <filesystem>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <ratio>
 #include <stdexcept>
 #include <string>
 #include <system_error>
 #include <type_traits>
 #include <utility>
+#include <vector>
+
+#ifndef _WIN32
+#include <unistd.h>  // getpid(): decorator records of a forked child's parent
+#endif
 
 // Helpers live in ipl::wrapper_detail, not ipl::detail: the library's own
 // internals use ipl::detail, and a program linking libipl statically must
@@ -113,6 +130,7 @@ class status_category final : public std::error_category {
       case IPL_E_BAD_PARENT: return std::errc::not_a_directory;
       case IPL_E_UNSUPPORTED: return std::errc::not_supported;
       case IPL_E_SIGNAL_IN_USE: return std::errc::device_or_resource_busy;
+      case IPL_E_CANCELED: return std::errc::operation_canceled;
       default: return std::error_condition(status, *this);
     }
   }
@@ -164,9 +182,28 @@ class error : public std::system_error {
   std::shared_ptr<const detail_text> detail_;
 };
 
+// How the lock is held by others, as query() reports it (IPL_STATE_*).
+enum class lock_state : int {
+  free = IPL_STATE_FREE,            // nobody else holds it
+  shared = IPL_STATE_SHARED,        // one or more others hold it shared
+  exclusive = IPL_STATE_EXCLUSIVE,  // another holds it exclusive
+};
+
+// What query() found (ipl_query): a snapshot, possibly stale at once.
+struct query_result {
+  lock_state state = lock_state::free;
+  // The process id of one holder where the OS can tell (ipl.h, ipl_query:
+  // classic fcntl holders such as fasteners through F_GETLK, OFD holders
+  // through /proc/PID/fdinfo where this process may read it); empty when
+  // free, unknown, not asked for, or on Windows.
+  std::optional<std::int64_t> holder_pid;
+};
+
 namespace wrapper_detail {
 
-// What a lock object has taken and not yet released.
+// The mode a lock object took last and has not yet unlocked: set by every
+// successful lock, downgrade() and upgrade(), cleared by unlock() (not by
+// remove(), whose release the next unlock() absorbs, see released()).
 enum held_mode : int { held_none = 0, held_exclusive = 1, held_shared = 2 };
 
 // Sole owner of one ipl_lock handle: opens it, closes it exactly once, and
@@ -212,8 +249,9 @@ class handle_owner {
   void taken(held_mode mode) noexcept { held_.store(mode); }
   // The release of `mode` returned `status`. IPL_E_NOT_HELD while this
   // object took `mode` means the handle came from the parent of a forked
-  // child, where it holds nothing (ipl.h, "fork()"): there is nothing to
-  // release, and a std::unique_lock unwound in the child must not throw.
+  // child, where it holds nothing (ipl.h, "fork()"), or that remove() let
+  // go of the lock: there is nothing to release, and a std::unique_lock
+  // unwound in the child, or after remove(), must not throw.
   // True when there is nothing more to report.
   bool released(int status, held_mode mode) noexcept {
     if (status == IPL_OK) {
@@ -246,6 +284,7 @@ inline bool is_os_derived(int status) noexcept {
     case IPL_E_NOT_HELD:
     case IPL_E_WOULD_DEADLOCK:
     case IPL_E_INTERNAL:
+    case IPL_E_CANCELED:
       return false;
     default:
       return true;
@@ -277,6 +316,17 @@ inline void locked(int status, handle_owner &file, held_mode mode) {
 // across fork, see handle_owner::released).
 inline void unlocked(int status, handle_owner &file, held_mode mode) {
   if (!file.released(status, mode)) check(status, file);
+}
+
+// ipl_query on the object's handle; throws ipl::error on failure.
+inline query_result query(const handle_owner &file, bool find_holder) {
+  int state = IPL_STATE_FREE;
+  int64_t pid = -1;
+  check(ipl_query(file.get(), &state, find_holder ? &pid : nullptr), file);
+  query_result result;
+  result.state = static_cast<lock_state>(state);
+  if (pid >= 0) result.holder_pid = pid;
+  return result;
 }
 
 // The C API's timeout_ms for a relative wait (see "Timeouts" above).
@@ -372,6 +422,30 @@ class process_lock {
   // object holds nothing and unlock() does nothing (ipl.h, "fork()").
   void unlock() { wrapper_detail::unlocked(ipl_release(handle()), file_, kExclusive); }
 
+  // ---- Beyond lock and unlock (libipl 0.2.0)
+
+  // Is the lock held by anyone but this object right now, and how
+  // (ipl_query)? This object's own lock never counts: while it holds the
+  // lock, query() sees lock_state::free. find_holder = false skips the
+  // look-up of a holder's process id (on Linux a scan of /proc for OFD
+  // holders; see ipl.h). Throws ipl::error, e.g. IPL_E_WOULD_DEADLOCK while
+  // another thread is acquiring on this object.
+  query_result query(bool find_holder = true) const {
+    return wrapper_detail::query(file_, find_holder);
+  }
+  // Ends a wait in progress on this object, from another thread (see
+  // "Threads" above); the waiting call throws ipl::error(IPL_E_CANCELED).
+  // Does nothing when no wait is in progress.
+  void cancel() { wrapper_detail::check(ipl_cancel(handle()), file_); }
+  // While holding the lock: removes the lock file and releases the lock
+  // (ipl_remove), so that nothing is left behind; a later lock() creates
+  // the file again. A guard that took the lock may stay in scope: the next
+  // unlock() (its destructor's) then does nothing. Remove only lock files
+  // that fasteners processes do not use (ipl.h says why). Throws
+  // ipl::error: IPL_E_NOT_HELD when this object does not hold the lock,
+  // IPL_E_ACCESS when the file may not be removed (the lock is kept).
+  void remove() { wrapper_detail::check(ipl_remove(handle()), file_); }
+
   // Closes the handle (releasing the lock if held); the object becomes
   // empty. Calling it again, or on an empty object, does nothing.
   void close() noexcept { file_.close(); }
@@ -395,7 +469,8 @@ class process_lock {
 // (ipl_acquire_read / ipl_release_read). Meets TimedLockable and
 // SharedTimedLockable: use it with std::unique_lock and std::shared_lock.
 // One object holds at most one lock: asking for a second (in either mode)
-// throws ipl::error(IPL_E_WOULD_DEADLOCK); there is no silent upgrade.
+// throws ipl::error(IPL_E_WOULD_DEADLOCK); there is no silent upgrade, only
+// the explicit downgrade() and upgrade().
 //
 // Construction, moving, closing and empty objects are as for process_lock.
 class shared_process_lock {
@@ -463,6 +538,57 @@ class shared_process_lock {
   // nothing, as process_lock::unlock.
   void unlock_shared() { wrapper_detail::unlocked(ipl_release_read(handle()), file_, kShared); }
 
+  // ---- Changing the mode held (libipl 0.2.0)
+  // Afterwards the object holds the other mode, so a guard of the old mode
+  // must let go without unlocking and one of the new mode adopt the lock:
+  //   rw.downgrade();                      // std::unique_lock w held it
+  //   std::shared_lock r(*w.release(), std::adopt_lock);
+  //   if (rw.try_upgrade_for(1s))          // std::shared_lock r held it
+  //     std::unique_lock w(*r.release(), std::adopt_lock);
+
+  // Exclusive to shared, atomically (ipl_downgrade): at no moment can a
+  // writer get in; other readers may join at once. Throws
+  // ipl::error(IPL_E_NOT_HELD) unless this object holds the lock exclusive
+  // (what it holds is kept).
+  void downgrade() { wrapper_detail::locked(ipl_downgrade(handle()), file_, kShared); }
+
+  // Shared to exclusive (ipl_upgrade), waiting until the other readers
+  // have left. The shared lock is kept while waiting and on every failure.
+  // Only one upgrade of a lock file waits at a time: when another handle
+  // (in any process) is upgrading already, this one throws
+  // ipl::error(IPL_E_WOULD_DEADLOCK) at once, and should then release its
+  // shared lock so that the other can finish. Also throws IPL_E_NOT_HELD
+  // (no shared lock held), IPL_E_CANCELED, IPL_E_ACCESS (the lock file is
+  // read-only for this process), IPL_E_UNSUPPORTED (Windows).
+  void upgrade() {
+    wrapper_detail::locked(ipl_upgrade(handle(), IPL_WAIT_FOREVER), file_, kExclusive);
+  }
+  // One try, never sleeping: false when other readers hold it; throws as
+  // upgrade() otherwise (IPL_E_WOULD_DEADLOCK too: it is no "busy").
+  bool try_upgrade() {
+    return wrapper_detail::acquired(ipl_upgrade(handle(), 0), file_, kExclusive);
+  }
+  // Waits at most `wait` (as try_lock_for); false when not in time.
+  template <class Rep, class Period>
+  bool try_upgrade_for(const std::chrono::duration<Rep, Period> &wait) {
+    return wrapper_detail::acquired(
+        ipl_upgrade(handle(), wrapper_detail::timeout_ms_for(wait)), file_, kExclusive);
+  }
+  // Waits until `deadline` of any clock (as try_lock_until).
+  template <class Clock, class Duration>
+  bool try_upgrade_until(const std::chrono::time_point<Clock, Duration> &deadline) {
+    return wrapper_detail::acquired(
+        ipl_upgrade(handle(), wrapper_detail::timeout_ms_until(deadline)), file_, kExclusive);
+  }
+
+  // ---- Query, cancel, remove: as process_lock (remove() needs the
+  // exclusive lock; the next unlock() then does nothing).
+  query_result query(bool find_holder = true) const {
+    return wrapper_detail::query(file_, find_holder);
+  }
+  void cancel() { wrapper_detail::check(ipl_cancel(handle()), file_); }
+  void remove() { wrapper_detail::check(ipl_remove(handle()), file_); }
+
   void close() noexcept { file_.close(); }
   bool is_open() const noexcept { return file_.get() != nullptr; }
   explicit operator bool() const noexcept { return is_open(); }
@@ -480,6 +606,123 @@ namespace wrapper_detail {
 
 enum class call_mode { exclusive, read, write };
 
+// Nested decorated calls. Each call opens its own handle (see
+// locked_callable), so a decorated function that calls itself, or another
+// decorated function on the same lock file, in the same thread would wait
+// for its own outer call for ever. Each thread keeps a record of the locks
+// its decorated calls hold (outermost first); a nested call that cannot get
+// its lock at once looks there, and when the lock file is one this thread
+// holds in a mode that excludes the one wanted, it throws
+// ipl::error(IPL_E_WOULD_DEADLOCK) instead of waiting.
+//
+// What nests: read inside read on the same file runs (the inner call takes
+// a second shared lock beside the outer one; shared locks never wait for
+// each other, so this cannot deadlock). Everything else on the same file
+// throws: exclusive or write inside any call, read inside an exclusive or
+// write call. Calls on other files, and calls from other threads (which
+// wait for this one, as other processes do), are unaffected.
+//
+// "The same file": the same path as given, or a path that names the same
+// file (std::filesystem::equivalent: a symlink, a hard link, another
+// spelling), checked only when the nested lock is busy. In a child made by
+// fork() the records of the parent's calls are ignored: the child holds
+// none of the parent's locks, and waits for them like any other process.
+struct held_call {
+  const std::string *path;  // the lock object's, alive while the record is
+  bool shared;
+  long long process;  // the process that made the call (see fork above)
+};
+
+inline std::vector<held_call> &held_calls() {
+  thread_local std::vector<held_call> calls;
+  return calls;
+}
+
+inline long long current_process() noexcept {
+#ifdef _WIN32
+  return 0;  // no fork()
+#else
+  return static_cast<long long>(::getpid());
+#endif
+}
+
+// Paths are UTF-8 (ipl.h), which std::filesystem::path reads as such only
+// from char8_t text or u8path on Windows; elsewhere bytes are bytes.
+inline std::filesystem::path filesystem_path(const std::string &utf8) {
+#if defined(_WIN32) && defined(__cpp_char8_t)
+  return std::filesystem::path(std::u8string(utf8.begin(), utf8.end()));
+#elif defined(_WIN32)
+  return std::filesystem::u8path(utf8);
+#else
+  return std::filesystem::path(utf8);
+#endif
+}
+
+inline bool same_lock_file(const std::string &a, const std::string &b) {
+  if (a == b) return true;
+  std::error_code failed;  // a path that cannot be examined names no held file
+  const bool same = std::filesystem::equivalent(filesystem_path(a), filesystem_path(b), failed);
+  return same && !failed;
+}
+
+// Would waiting for `path` in this mode wait for a call of this thread?
+inline bool held_by_an_outer_call(const std::string &path, bool shared) {
+  const long long process = current_process();
+  for (const held_call &held : held_calls()) {
+    if (held.process != process) continue;
+    if (shared && held.shared) continue;  // shared beside shared never waits
+    if (same_lock_file(*held.path, path)) return true;
+  }
+  return false;
+}
+
+// Records a decorated call's lock for as long as it holds it.
+class held_call_record {
+ public:
+  held_call_record(const std::string &path, bool shared) : path_(&path) {
+    held_calls().push_back(held_call{path_, shared, current_process()});
+  }
+  ~held_call_record() {
+    std::vector<held_call> &calls = held_calls();
+    // Calls end in reverse order; search anyway, so a record is never lost.
+    for (auto it = calls.rbegin(); it != calls.rend(); ++it) {
+      if (it->path == path_) {
+        calls.erase(std::next(it).base());
+        break;
+      }
+    }
+  }
+  held_call_record(const held_call_record &) = delete;
+  held_call_record &operator=(const held_call_record &) = delete;
+
+ private:
+  const std::string *path_;
+};
+
+// Takes a decorated call's lock: blocks, unless the wait would be for an
+// outer decorated call of this thread (then IPL_E_WOULD_DEADLOCK at once).
+template <class Lock>
+void lock_for_call(Lock &lock, bool shared) {
+  const auto take = [&](bool try_once) -> bool {
+    if constexpr (std::is_same_v<Lock, shared_process_lock>) {
+      if (shared) {
+        if (try_once) return lock.try_lock_shared();
+        lock.lock_shared();
+        return true;
+      }
+    }
+    if (try_once) return lock.try_lock();
+    lock.lock();
+    return true;
+  };
+  if (!held_calls().empty()) {  // nested in a decorated call of this thread
+    if (take(true)) return;
+    if (held_by_an_outer_call(lock.path(), shared))
+      throw error(IPL_E_WOULD_DEADLOCK, 0, lock.path());
+  }
+  take(false);
+}
+
 // The callable returned by the interprocess_*locked functions.
 //
 // Handle strategy: every call opens its own handle, locks it, runs the
@@ -489,6 +732,7 @@ enum class call_mode { exclusive, read, write };
 // call makes calls from several threads exclude (or, for read, share) each
 // other exactly as calls from several processes do. The price is one
 // open()/close() per call, small beside taking an inter-process lock.
+// Nested calls in one thread: see held_call above.
 template <class F, call_mode Mode>
 class locked_callable {
  public:
@@ -507,22 +751,19 @@ class locked_callable {
   const std::string &path() const noexcept { return path_; }
 
  private:
+  using lock_type =
+      std::conditional_t<Mode == call_mode::exclusive, process_lock, shared_process_lock>;
+  static constexpr bool kShared = Mode == call_mode::read;
+
   template <class Function, class... Args>
   decltype(auto) call(Function &function, Args &&...args) const {
     // The lock object outlives the return value's construction, so the
     // lock covers it; its destructor releases, also when function throws.
-    if constexpr (Mode == call_mode::exclusive) {
-      process_lock lock(path_, flags_);
-      lock.lock();
-      return std::invoke(function, std::forward<Args>(args)...);
-    } else {
-      shared_process_lock lock(path_, flags_);
-      if constexpr (Mode == call_mode::read)
-        lock.lock_shared();
-      else
-        lock.lock();
-      return std::invoke(function, std::forward<Args>(args)...);
-    }
+    // The record goes first (declared last), while the lock is still held.
+    lock_type lock(path_, flags_);
+    lock_for_call(lock, kShared);
+    const held_call_record record(lock.path(), kShared);
+    return std::invoke(function, std::forward<Args>(args)...);
   }
 
   std::string path_;
