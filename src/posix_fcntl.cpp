@@ -116,7 +116,12 @@ os_result open_failure(int err) {
   }
 }
 
+bool says_unsupported(int err) {
+  return err == ENOLCK || err == EOPNOTSUPP || err == ENOTSUP || err == ENOSYS;
+}
+
 os_result lock_failure(int err) {
+  if (says_unsupported(err)) return failure(IPL_E_UNSUPPORTED, err);
   switch (err) {
     case EDEADLK:  // classic locks only: the kernel saw a cycle of waiters
       return failure(IPL_E_WOULD_DEADLOCK, err);
@@ -478,6 +483,23 @@ os_result open_file(const std::string &path, uint32_t flags, int create_mode, re
   file.dev = st.st_dev;
   file.ino = st.st_ino;
   file.interruptible = signal_can_interrupt_lock_wait(file.fd);
+  if (!file.interruptible) {
+    // Not a known local file system: ask it whether it does locks at all
+    // (NFS without lockd, a FUSE daemon refusing them say ENOLCK), so that
+    // ipl_open fails now rather than every acquire later.
+    struct flock probe;
+    std::memset(&probe, 0, sizeof probe);
+    probe.l_type = F_WRLCK;
+    probe.l_whence = SEEK_SET;
+    int rc;
+    while ((rc = sys::calls.fcntl_lock(file.fd, F_GETLK, &probe)) != 0 && errno == EINTR) {
+    }
+    if (rc != 0 && says_unsupported(errno)) {
+      const int err = errno;
+      close_registered(file.fd);
+      return failure(IPL_E_UNSUPPORTED, err);
+    }
+  }
   file.token = process_token();
   *out = file;
   return {};

@@ -23,7 +23,8 @@ namespace ipl::detail::posix {
 os_result failure(int status, int err);
 // Maps an errno from open()/mkdir()/stat() to a named status.
 os_result open_failure(int err);
-// Maps an errno from a lock operation.
+// Maps an errno from a lock operation: ENOLCK, EOPNOTSUPP, ENOSYS (the file
+// system does not do locks) are IPL_E_UNSUPPORTED.
 os_result lock_failure(int err);
 
 // ---- Descriptors libipl owns ---------------------------------------------------

@@ -13,6 +13,7 @@
 #include <gtest/gtest.h>
 #include <ipl/ipl.h>
 
+#include <errno.h>
 #include <sys/types.h>
 #include <unistd.h>
 
@@ -184,6 +185,40 @@ TEST_P(fuse_wait_test, ForeverWaitGetsTheLockWhenReleased) {
   EXPECT_EQ(waiter.reply(), IPL_OK);
   EXPECT_EQ(ipltest::try_from_other_process(path, lock_mode::exclusive), IPL_E_TIMEOUT);
   EXPECT_EQ(waiter.release(GetParam()), IPL_OK);
+}
+
+// Catches: a file system that refuses locks (ENOLCK: NFS without a lock
+// daemon, a FUSE daemon without lock support that says so) reported as a
+// generic OS error at every acquire, or worse as a lock "taken": ipl_open
+// asks such a file system (not known to be local) and says
+// IPL_E_UNSUPPORTED with the errno.
+TEST(FuseUnsupported, OpenOnAFileSystemThatRefusesLocksIsUnsupported) {
+  IPL_REQUIRE_FUSE();
+  fuse_mount fs(lockfs_locks::refuse);
+  ASSERT_TRUE(fs.ok()) << fs.error();
+  const std::string path = fs.path("a.lock");
+  ipl_lock *raw = nullptr;
+  int os_error = 0;
+  const int status = ipl_open_ex(path.c_str(), 0, &raw, &os_error);
+  ipl_close(raw);
+  EXPECT_EQ(status, IPL_E_UNSUPPORTED) << status_text(status);
+  EXPECT_EQ(os_error, ENOLCK);
+  EXPECT_EQ(raw, nullptr);
+}
+
+// Pins the documented limit: a FUSE file system without lock operations
+// leaves locks to this host's kernel. They work between processes here
+// (and would not across hosts); nothing tells libipl, so it cannot refuse.
+TEST(FuseUnsupported, FileSystemWithoutLockOperationsLocksOnThisHostOnly) {
+  IPL_REQUIRE_FUSE();
+  fuse_mount fs(lockfs_locks::none);
+  ASSERT_TRUE(fs.ok()) << fs.error();
+  const std::string path = fs.path("a.lock");
+  handle lock = open_handle(path);
+  ASSERT_TRUE(lock);
+  ASSERT_EQ(ipl_acquire(lock.get(), 0), IPL_OK);
+  EXPECT_EQ(ipltest::try_from_other_process(path, lock_mode::exclusive), IPL_E_TIMEOUT);
+  EXPECT_EQ(ipl_release(lock.get()), IPL_OK);
 }
 
 INSTANTIATE_TEST_SUITE_P(FuseWait, fuse_wait_test,

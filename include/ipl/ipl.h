@@ -134,7 +134,14 @@ extern "C" {
 #define IPL_E_BAD_PARENT (-10)
 /* A bug in libipl (an unexpected internal exception). Please report it. */
 #define IPL_E_INTERNAL (-11)
-/* The request cannot be met on this platform or build. */
+/* The request cannot be met on this platform or build; or the file system
+ * says it does not do locks (ENOLCK: NFS without a lock daemon, a FUSE file
+ * system refusing them; EOPNOTSUPP, ENOSYS), from ipl_open (which asks a
+ * file system not known to be local) or from an acquire; ipl_os_error()
+ * and ipl_open_ex()'s os_error then give the errno. A file system that
+ * silently keeps locks on one host (NFS mounted with nolock or
+ * local_lock=all, sshfs, FUSE file systems without lock support) cannot be
+ * told apart from a real one: see the README, "Across hosts". */
 #define IPL_E_UNSUPPORTED (-12)
 /* ipl_set_wait_signal(): the application has a handler on that signal. */
 #define IPL_E_SIGNAL_IN_USE (-13)
@@ -181,7 +188,8 @@ typedef struct ipl_lock ipl_lock;
  *
  * Returns IPL_OK; IPL_E_INVALID for a NULL path or out, an empty path or
  * unknown flag bits; IPL_E_ACCESS, IPL_E_NOT_REGULAR_FILE,
- * IPL_E_NAME_TOO_LONG, IPL_E_BAD_PARENT, IPL_E_NO_MEMORY or IPL_E_OS.
+ * IPL_E_NAME_TOO_LONG, IPL_E_BAD_PARENT, IPL_E_NO_MEMORY,
+ * IPL_E_UNSUPPORTED (the file system does not do locks) or IPL_E_OS.
  * On failure *out is set to NULL (when out is not NULL).
  * The caller owns the handle and frees it with ipl_close(). */
 IPL_API int ipl_open(const char *path, uint32_t flags, ipl_lock **out);
@@ -214,8 +222,9 @@ IPL_API void ipl_close(ipl_lock *lock);
  * ipl_acquire takes the exclusive lock, waiting as timeout_ms says.
  * Returns IPL_OK; IPL_E_TIMEOUT; IPL_E_INVALID (NULL handle, bad timeout);
  * IPL_E_WOULD_DEADLOCK (this handle holds the lock already, in any mode);
- * IPL_E_ACCESS (the handle is read-only, see ipl_open); IPL_E_OS (e.g.
- * ENOLCK, or ESTALE when the lock file was replaced more than 100 times
+ * IPL_E_ACCESS (the handle is read-only, see ipl_open); IPL_E_CANCELED
+ * (ipl_cancel); IPL_E_UNSUPPORTED (the file system does not do locks);
+ * IPL_E_OS (e.g. EIO, or ESTALE when the lock file was replaced more than 100 times
  * during one call; see ipl_os_error()). When the lock file had to be
  * reopened (it was removed or replaced, or the handle came from the parent
  * of a forked child), also any status of ipl_open, e.g. IPL_E_OS with
