@@ -621,6 +621,38 @@ os_result clear_range(int fd, int try_cmd, byte_range range) {
   return {};
 }
 
+os_result check_exclusive_ofd(const opened_file &file, const std::string &path) {
+  // Others' locks, through our own description (which the kernel leaves
+  // out): any is a loss, and a server that lost ours says so here too.
+  short type = F_UNLCK;
+  pid_t pid = 0;
+  const os_result others = conflicting_lock(file.fd, F_OFD_GETLK, kWholeFile, &type, &pid);
+  if (others.status != IPL_OK) {
+    const int err = others.os_error;
+    if (is_lost_error(err) || err == EIO || err == ENOLCK) return failure(IPL_E_LOST, err);
+    return others;
+  }
+  if (type != F_UNLCK) return failure(IPL_E_LOST, 0);
+  // Ours, through a second description of the same file: it must see our
+  // exclusive lock. Unlike re-asserting it, this never takes a lost lock
+  // back (which would hide that someone may have held it meanwhile).
+  const std::string self = "/proc/self/fd/" + std::to_string(file.fd);
+  const int second = sys::calls.open(self.c_str(), O_RDONLY | kBaseOpenFlags, 0);
+  if (second < 0) return check_held(file, path, F_OFD_SETLK, lock_mode::exclusive);
+  const os_result seen = conflicting_lock(second, F_OFD_GETLK, kWholeFile, &type, &pid);
+  sys::calls.close(second);
+  if (seen.status != IPL_OK) {
+    const int err = seen.os_error;
+    if (is_lost_error(err) || err == EIO || err == ENOLCK) return failure(IPL_E_LOST, err);
+    return seen;
+  }
+  if (type != F_WRLCK) return failure(IPL_E_LOST, 0);
+  bool same = false;
+  const os_result named = still_names(path, file.dev, file.ino, &same);
+  if (named.status != IPL_OK) return named;
+  return same ? os_result{} : failure(IPL_E_LOST, 0);
+}
+
 os_result check_held(const opened_file &file, const std::string &path, int try_cmd,
                      lock_mode mode) {
   // Re-asserting the lock held is a no-op for the kernel, and on a network

@@ -126,6 +126,10 @@ os_result clear_range(int fd, int try_cmd, byte_range range);
 // `path`? IPL_OK, IPL_E_LOST, or an OS failure.
 os_result check_held(const opened_file &file, const std::string &path, int try_cmd,
                      lock_mode mode);
+// The same for an exclusive OFD lock, without ever taking a lost lock back:
+// F_OFD_GETLK through our description (others' locks) and through a second
+// one (ours); falls back to check_held() if no second one can be opened.
+os_result check_exclusive_ofd(const opened_file &file, const std::string &path);
 
 // Exclusive to shared without a moment of freedom (see kSharedRange).
 os_result convert_to_shared(int fd, int try_cmd);

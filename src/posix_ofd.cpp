@@ -84,6 +84,7 @@ class ofd_lock_file final : public lock_file {
   }
 
   os_result check(lock_mode held_mode) override {
+    if (held_mode == lock_mode::exclusive) return posix::check_exclusive_ofd(file_, path_);
     return posix::check_held(file_, path_, kOfdCommands.try_cmd, held_mode);
   }
 

@@ -322,20 +322,25 @@ IPL_API int ipl_upgrade(ipl_lock *lock, int64_t timeout_ms);
  * remove it: the lock is then kept); IPL_E_OS. */
 IPL_API int ipl_remove(ipl_lock *lock);
 
-/* Is the lock this handle holds still held? Asks the OS, without waiting:
- * on POSIX it re-asserts the lock it holds (an fcntl F_SETLK of the same
- * type and range, which on a network file system goes to the server) and
- * checks that the path still names the locked file.
+/* Is the lock this handle holds still held? Asks the OS (on a network file
+ * system: the server) and checks that the path still names the locked
+ * file. It never waits for the lock, but a server that cannot be reached
+ * can keep it waiting until the client gives up on the connection (the
+ * file system's timeout: ~42 s on GlusterFS by default). Linux, exclusive:
+ * F_OFD_GETLK through the handle's own open file description (any other
+ * holder means lost) and through a second one (which must see this lock),
+ * so a lost lock is never taken back unnoticed. Shared, or the classic
+ * backend: the lock held is re-asserted (F_SETLK of the same type and
+ * range); on GlusterFS without client.strict-locks, where a brick restart
+ * drops locks silently, that takes a lost shared lock back if nobody took
+ * it meanwhile.
  * Returns IPL_OK (still held); IPL_E_LOST (see IPL_E_LOST: the handle then
  * holds nothing); IPL_E_NOT_HELD (the handle holds no lock);
  * IPL_E_INVALID (NULL); IPL_E_WOULD_DEADLOCK (another thread is acquiring
- * on this handle); IPL_E_OS. Limits: what a file system does not report
- * cannot be seen. GlusterFS without client.strict-locks drops a lock on a
- * brick restart silently, and re-asserting it then takes it again if it is
- * free (it is lost only if someone else took it meanwhile); NFS reports a
- * lost lock as EIO on the next lock call. On Windows only the path is
- * checked. ipl_release*() after a loss the OS reports (EBADFD, ENOTCONN,
- * ESTALE) returns IPL_E_LOST too. */
+ * on this handle); IPL_E_OS. What a file system does not report cannot be
+ * seen (README, "Across hosts"). On Windows only the path is checked.
+ * ipl_release*() after a loss the OS reports (EBADFD, ENOTCONN, ESTALE)
+ * returns IPL_E_LOST too. */
 IPL_API int ipl_check(ipl_lock *lock);
 
 /* ---- How timed waits sleep -------------------------------------------------
