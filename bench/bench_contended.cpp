@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // Figures 2-5: libipl under contention beside the kernel floor — handoff
 // latency, CPU burnt while waiting, timeout overshoot, throughput and
 // fairness. Contenders are real processes (fork) that open their own lock
@@ -40,6 +41,8 @@ struct handoff_state {
 // and waited for by the other, so each process takes turns at both roles.
 int handoff_process(handoff_state &state, int me, lock_kind kind, const std::string &lock_path,
                     int first_round, int rounds) {
+  // A 30 s bound per wait: far beyond any round, also across a network file
+  // system, so only a hang trips it.
   const int64_t bound = 30 * kSec;
   contender lock(kind, lock_path, kContendedTimedMs);
   state.pids[me].store(int(getpid()));
@@ -190,14 +193,16 @@ int64_t handoff_hold_ns(int round) {
   return 200 * kUs + int64_t(spread_us) * kUs;
 }
 
-void measure_handoff(lock_kind kind, const std::string &lock_path, int first_round, int rounds,
+void measure_handoff(lock_kind kind, const std::string &lock_path,
+                     const std::string &peer_lock_path, int first_round, int rounds,
                      handoff_sample *sample) {
   if (rounds < 1 || rounds > kMaxHandoffRounds) fail("handoff: %d rounds is out of range", rounds);
   shared_object<handoff_state> state;
   pid_t pids[2];
   for (int me = 0; me < 2; ++me) {
-    pids[me] = fork_child(
-        [&] { return handoff_process(*state, me, kind, lock_path, first_round, rounds); });
+    const std::string &path = me == 0 ? lock_path : peer_lock_path;
+    pids[me] =
+        fork_child([&] { return handoff_process(*state, me, kind, path, first_round, rounds); });
   }
   const int64_t bound = 60 * kSec + int64_t(rounds) * 20 * kMs;
   for (pid_t pid : pids) wait_child(pid, bound, "a handoff process");

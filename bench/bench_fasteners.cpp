@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // Drives bench/fasteners_peer_bench.py (one Python process per role) and
 // turns its answers into the same figures as libipl's. What is measured:
 //   pair       fasteners acquire + release in Python, uncontended;

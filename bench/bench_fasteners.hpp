@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // The peer: the same figures for Python's fasteners (InterProcessLock),
 // measured by bench/fasteners_peer_bench.py and driven from here.
 #ifndef IPL_BENCH_FASTENERS_HPP

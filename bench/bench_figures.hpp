@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // The figures ipl_bench measures for libipl and for the kernel floor. Each
 // function measures one kind of lock; the caller puts a libipl kind beside
 // raw_ofd (the floor) in the same run.
@@ -48,8 +49,11 @@ struct handoff_sample {
   int rounds_not_seen_asleep = 0;  // the waiter was not seen asleep before release
 };
 // Two processes take turns holding and waiting for `rounds` rounds, numbered
-// from first_round (which picks the hold times); adds them to *sample.
-void measure_handoff(lock_kind kind, const std::string &lock_path, int first_round, int rounds,
+// from first_round (which picks the hold times); adds them to *sample. The
+// first process opens lock_path, the second peer_lock_path: the same path,
+// or the same file seen through another mount (another host, for locks).
+void measure_handoff(lock_kind kind, const std::string &lock_path,
+                     const std::string &peer_lock_path, int first_round, int rounds,
                      handoff_sample *sample);
 
 // ---- 3. CPU used while waiting -----------------------------------------------------
@@ -97,6 +101,21 @@ throughput_sample measure_throughput(lock_kind kind, const std::string &lock_pat
 int64_t read_counter(const std::string &data_path);
 void reset_counter(const std::string &data_path);
 double fairness_of(const std::vector<int64_t> &ops_per_process);
+
+// ---- 7. Cancel latency -------------------------------------------------------
+// Shown beside figure 4: ipl.h promises that a cancel ends a wait within the
+// latency of a deadline (bench_cancel.cpp).
+// `count` waits (timed 10 s, or forever) on a lock another process holds,
+// each ended by ipl_cancel() from another thread once the waiting thread is
+// asleep; returns cancel -> the wait's return in us.
+// polling: with the wait signal off (ipl_set_wait_signal(0)).
+constexpr int kMaxCancelWaits = 1000;
+std::vector<double> measure_cancel_latency_us(const std::string &lock_path, bool forever,
+                                              bool polling, int count);
+// The floor: F_OFD_SETLKW on a lock another process holds, ended by
+// pthread_kill() from another thread (a handler without SA_RESTART);
+// returns the signal -> EINTR returned in us.
+std::vector<double> measure_cancel_floor_us(const std::string &lock_path, int count);
 
 }  // namespace bench
 

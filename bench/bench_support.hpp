@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // bench_support: what every figure of ipl_bench shares — clocks, statistics,
 // helper processes, shared memory, and the locks under test (libipl beside
 // the raw OFD lock that is the kernel floor).

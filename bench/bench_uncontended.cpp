@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // Figure 1: the cost of an uncontended acquire + release pair, libipl's try,
 // timed and forever acquires beside a raw F_OFD_SETLK lock + unlock pair on
 // an already-open descriptor (the kernel floor), and beside that pair plus

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
 """The fasteners side of libipl's benchmark (bench/ipl_bench).
 
     fasteners_peer_bench.py probe

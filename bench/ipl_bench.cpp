@@ -1,8 +1,10 @@
+// SPDX-License-Identifier: MIT
 // ipl_bench: libipl's figures beside the kernel floor, measured in the same
 // run, with Python's fasteners alongside.
 //
 //   ipl_bench [--quick] [--only N,...] [--json FILE] [--python PATH]
 //             [--peer-script PATH] [--no-fasteners] [--dir DIR]
+//             [--across DIR PEER_DIR]
 //
 // Figures (see bench_figures.hpp for how each is taken):
 //   1. uncontended acquire + release pair      floor: F_OFD_SETLK pair
@@ -11,13 +13,22 @@
 //   4. overshoot of a 50 ms timeout            floor: clock_nanosleep
 //   5. throughput and fairness, N = 2, 4, 8    floor: F_OFD_SETLKW contenders
 //   6. the same for fasteners (Python), where they make sense
-// Figures 2-5 also show libipl's timed waits with its wait signal turned off
-// ("timed-polling", the fallback for applications that own every signal),
-// for information: no target.
+//   7. cancel latency, timed and forever   floor: F_OFD_SETLKW ended by
+//      waits; shown beside 4, the deadline     pthread_kill
+//      latency, its target
+// With --across, figure 2 is measured a second time, beside the local one,
+// with the second process opening the lock file through another path: the
+// same folder seen through a second mount of a network file system, which
+// is another host as far as locks go (the floor likewise: raw OFD across).
+// Figures 2-5 and 7 also show libipl's timed waits with its wait signal turned
+// off ("timed-polling", the fallback for applications that own every
+// signal), for information: no target.
 // The table at the end marks each target met or not met. A missed target is
 // a result, not an error: the exit status is 0 unless something is broken
 // (a lock failed, mutual exclusion broke, a timeout came early, a helper
 // hung), which exits 2.
+#include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -55,12 +66,16 @@ constexpr int64_t kOvershootTimeoutMs = 50;
 
 struct options {
   bool quick = false;
-  bool figures[7] = {false, true, true, true, true, true, true};  // [1..6]: measure it
+  bool figures[8] = {false, true, true, true, true, true, true, true};  // [1..7]: measure it
   bool fasteners = true;
   std::string json_path;
   std::string python = IPL_BENCH_DEFAULT_PYTHON;
   std::string peer_script = IPL_BENCH_PEER_SCRIPT;
   std::string dir;
+  // --across: the handoff with the lock file in across_dir for one process,
+  // and the same file through across_peer_dir for the other.
+  std::string across_dir;
+  std::string across_peer_dir;
 };
 
 // How much of each figure to measure.
@@ -69,28 +84,37 @@ struct plan {
   int fasteners_handoff_rounds;  // fasteners polls (~10 ms a round): fewer
   int64_t cpu_wait_ms;
   int overshoot_count;
+  int cancel_count;           // per kind of wait
   double throughput_seconds;  // per kind and N, cut into slices
   int throughput_slices;
 };
 
 plan plan_for(bool quick) {
-  if (quick) return plan{100, 20, 250, 10, 0.3, 1};
-  return plan{1000, 300, 2000, 50, 2.0, 4};
+  if (quick) return plan{100, 20, 250, 10, 20, 0.3, 1};
+  return plan{1000, 300, 2000, 50, 200, 2.0, 4};
 }
 
 void print_usage(FILE *out) {
   std::fprintf(out,
                "usage: ipl_bench [--quick] [--only N,...] [--json FILE] [--python PATH]\n"
                "                 [--peer-script PATH] [--no-fasteners] [--dir DIR]\n"
+               "                 [--across DIR PEER_DIR]\n"
                "  --quick            a smoke run of every figure in a few seconds\n"
                "  --only N,...       measure only these figures: 1 pair, 2 handoff, 3 CPU,\n"
-               "                     4 overshoot, 5 throughput, 6 fasteners (its 1-5)\n"
+               "                     4 overshoot, 5 throughput, 6 fasteners (its 1-5),\n"
+               "                     7 cancel latency (measures 4 too: it is shown beside it)\n"
                "  --json FILE        also write every raw number to FILE\n"
                "  --python PATH      interpreter with fasteners (default %s)\n"
                "  --peer-script PATH the fasteners peer (default %s)\n"
                "  --no-fasteners     skip the fasteners figures\n"
                "  --dir DIR          where the lock and data files go (default: a new\n"
-               "                     temporary folder, removed at the end)\n",
+               "                     temporary folder, removed at the end)\n"
+               "  --across DIR PEER_DIR\n"
+               "                     also measure the handoff (2) across two paths of one\n"
+               "                     folder, e.g. two mounts of a network file system: one\n"
+               "                     process opens DIR/bench.lock (DIR is created), the other\n"
+               "                     the same file through PEER_DIR; fails unless the two\n"
+               "                     paths exclude each other\n",
                IPL_BENCH_DEFAULT_PYTHON, IPL_BENCH_PEER_SCRIPT);
 }
 
@@ -110,12 +134,12 @@ options parse_options(int argc, char **argv) {
     } else if (arg == "--no-fasteners") {
       parsed.fasteners = false;
     } else if (arg == "--only") {
-      for (int n = 1; n <= 6; ++n) parsed.figures[n] = false;
+      for (int n = 1; n <= 7; ++n) parsed.figures[n] = false;
       for (const char c : value()) {
-        if (c >= '1' && c <= '6') {
+        if (c >= '1' && c <= '7') {
           parsed.figures[c - '0'] = true;
         } else if (c != ',') {
-          std::fprintf(stderr, "ipl_bench: --only takes figure numbers 1-6, like 2,5\n");
+          std::fprintf(stderr, "ipl_bench: --only takes figure numbers 1-7, like 2,5\n");
           std::exit(2);
         }
       }
@@ -127,6 +151,9 @@ options parse_options(int argc, char **argv) {
       parsed.peer_script = value();
     } else if (arg == "--dir") {
       parsed.dir = value();
+    } else if (arg == "--across") {
+      parsed.across_dir = value();
+      parsed.across_peer_dir = value();
     } else if (arg == "--help" || arg == "-h") {
       print_usage(stdout);
       std::exit(0);
@@ -135,6 +162,12 @@ options parse_options(int argc, char **argv) {
       print_usage(stderr);
       std::exit(2);
     }
+  }
+  // The cancel latency's target is the deadline latency, measured with it.
+  if (parsed.figures[7]) parsed.figures[4] = true;
+  if (!parsed.across_dir.empty() && !parsed.figures[2]) {
+    std::fprintf(stderr, "ipl_bench: --across measures figure 2: add 2 to --only\n");
+    std::exit(2);
   }
   return parsed;
 }
@@ -159,6 +192,14 @@ latency_summary summarise(const std::vector<double> &samples) {
   return latency_summary{percentile(samples, 50), percentile(samples, 90), percentile(samples, 99)};
 }
 
+// Figure 2 for each kind of lock (raw: the floor).
+struct handoff_set {
+  handoff_sample raw;
+  handoff_sample forever;
+  handoff_sample timed;
+  handoff_sample polling;
+};
+
 struct throughput_set {
   throughput_sample raw_ofd;
   throughput_sample ipl_forever;
@@ -167,12 +208,11 @@ struct throughput_set {
 };
 
 struct c_figures {
-  bool measured[7] = {};  // [1..6]: which figures were measured
+  bool measured[8] = {};  // [1..7]: which figures were measured
   pair_costs pairs;
-  handoff_sample handoff_raw;
-  handoff_sample handoff_forever;
-  handoff_sample handoff_timed;
-  handoff_sample handoff_polling;
+  handoff_set handoff;         // both processes open the same path
+  handoff_set handoff_across;  // --across: two paths of one file
+  bool across = false;
   cpu_while_waiting cpu_floor;
   cpu_while_waiting cpu_timed;
   cpu_while_waiting cpu_polling;
@@ -180,6 +220,13 @@ struct c_figures {
   std::vector<double> overshoot_timed_us;
   std::vector<double> overshoot_polling_us;
   std::map<int, throughput_set> throughput;
+  // 7. Cancel latency; its target is the deadline latency, figure 4's
+  // overshoot (always measured with it).
+  std::vector<double> cancel_floor_us;
+  std::vector<double> cancel_timed_us;
+  std::vector<double> cancel_forever_us;
+  std::vector<double> cancel_timed_polling_us;
+  std::vector<double> cancel_forever_polling_us;
 };
 
 // ---- The table ----------------------------------------------------------------------
@@ -213,8 +260,8 @@ void add_pair_rows(std::vector<row> *rows, const c_figures &c, double f_try, dou
   // The floor of a lock that checks its path after the grant (see
   // bench_uncontended.cpp); the bare fcntl pair is shown too.
   const double floor = c.pairs.raw_ofd_stat.cpu_ns;
-  rows->push_back({"pair raw OFD + stat (ns CPU)", floor, c.pairs.raw_ofd.cpu_ns, kNan,
-                   goal::info, 0, ""});
+  rows->push_back(
+      {"pair raw OFD + stat (ns CPU)", floor, c.pairs.raw_ofd.cpu_ns, kNan, goal::info, 0, ""});
   rows->push_back({"pair try (ns CPU)", c.pairs.ipl_try.cpu_ns, floor, f_try, at_most, 1.10,
                    "<= 1.10x floor+stat"});
   rows->push_back({"pair timed 1 s (ns CPU)", c.pairs.ipl_timed.cpu_ns, floor, f_timed, at_most,
@@ -227,14 +274,14 @@ void add_handoff_rows(std::vector<row> *out, const c_figures &c, const fasteners
   std::vector<row> &rows = *out;
   auto fv = [&](double value) { return f.available ? value : kNan; };
   const goal at_most = goal::ratio_at_most;
-  const latency_summary raw = summarise(c.handoff_raw.latency_us);
+  const latency_summary raw = summarise(c.handoff.raw.latency_us);
   struct handoff_variant {
     const char *name;
     const handoff_sample *libipl;
     const handoff_sample *fasteners;
   };
-  const handoff_variant variants[] = {{"forever", &c.handoff_forever, &f.handoff_forever},
-                                      {"timed", &c.handoff_timed, &f.handoff_timed}};
+  const handoff_variant variants[] = {{"forever", &c.handoff.forever, &f.handoff_forever},
+                                      {"timed", &c.handoff.timed, &f.handoff_timed}};
   for (const handoff_variant &variant : variants) {
     const latency_summary mine = summarise(variant.libipl->latency_us);
     const latency_summary theirs = summarise(variant.fasteners->latency_us);
@@ -245,10 +292,35 @@ void add_handoff_rows(std::vector<row> *out, const c_figures &c, const fasteners
     rows.push_back({prefix + " p99 (us)", mine.p99, raw.p99, fv(theirs.p99), goal::info, 0, ""});
   }
   // libipl's fallback when it has no wait signal: shown, not targeted.
-  const latency_summary polling = summarise(c.handoff_polling.latency_us);
+  const latency_summary polling = summarise(c.handoff.polling.latency_us);
   rows.push_back(
       {"handoff timed-polling median (us)", polling.median, raw.median, kNan, goal::info, 0, ""});
   rows.push_back({"handoff timed-polling p99 (us)", polling.p99, raw.p99, kNan, goal::info, 0, ""});
+}
+
+// The handoff across two paths (--across), under the local one: first its
+// floor against the local floor, then libipl against the floor across. No
+// targets: libipl polls there (a signal cannot end a lock call on a network
+// file system), and the figures are the file system's as much as ours.
+void add_across_rows(std::vector<row> *out, const c_figures &c) {
+  std::vector<row> &rows = *out;
+  const latency_summary local = summarise(c.handoff.raw.latency_us);
+  const latency_summary raw = summarise(c.handoff_across.raw.latency_us);
+  rows.push_back(
+      {"handoff across raw OFD median (us)", raw.median, local.median, kNan, goal::info, 0, ""});
+  rows.push_back({"handoff across raw OFD p99 (us)", raw.p99, local.p99, kNan, goal::info, 0, ""});
+  const struct {
+    const char *name;
+    const handoff_sample *sample;
+  } variants[] = {{"forever", &c.handoff_across.forever},
+                  {"timed", &c.handoff_across.timed},
+                  {"polling", &c.handoff_across.polling}};
+  for (const auto &variant : variants) {
+    const latency_summary mine = summarise(variant.sample->latency_us);
+    const std::string prefix = std::string("handoff across ") + variant.name;
+    rows.push_back({prefix + " median (us)", mine.median, raw.median, kNan, goal::info, 0, ""});
+    rows.push_back({prefix + " p99 (us)", mine.p99, raw.p99, kNan, goal::info, 0, ""});
+  }
 }
 
 void add_throughput_rows(std::vector<row> *out, const c_figures &c, const fasteners_figures &f) {
@@ -282,6 +354,37 @@ void add_throughput_rows(std::vector<row> *out, const c_figures &c, const fasten
   }
 }
 
+// Cancel latency, under the overshoot rows: the floor is F_OFD_SETLKW ended
+// by pthread_kill(); the target is the deadline latency of the same kind of
+// wait (the overshoot median above), as ipl.h promises that a cancel ends a
+// wait "within the latency of a deadline".
+void add_cancel_rows(std::vector<row> *out, const c_figures &c) {
+  std::vector<row> &rows = *out;
+  const double floor = median(c.cancel_floor_us);
+  const double floor_p99 = percentile(c.cancel_floor_us, 99);
+  const double deadline = median(c.overshoot_timed_us);
+  const struct {
+    const char *name;
+    const std::vector<double> *sample;
+    bool targeted;
+  } variants[] = {{"timed", &c.cancel_timed_us, true},
+                  {"forever", &c.cancel_forever_us, true},
+                  {"timed-polling", &c.cancel_timed_polling_us, false},
+                  {"forever-polling", &c.cancel_forever_polling_us, false}};
+  for (const auto &variant : variants) {
+    const std::string prefix = std::string("cancel ") + variant.name;
+    if (variant.targeted) {
+      rows.push_back({prefix + " median (us)", median(*variant.sample), floor, kNan,
+                      goal::value_at_most, deadline, "<= overshoot"});
+    } else {
+      rows.push_back(
+          {prefix + " median (us)", median(*variant.sample), floor, kNan, goal::info, 0, ""});
+    }
+    rows.push_back({prefix + " p99 (us)", percentile(*variant.sample, 99), floor_p99, kNan,
+                    goal::info, 0, ""});
+  }
+}
+
 std::vector<row> build_rows(const c_figures &c, const fasteners_figures &f) {
   const bool have_f = f.available;
   auto fv = [&](double value) { return have_f ? value : kNan; };
@@ -292,6 +395,7 @@ std::vector<row> build_rows(const c_figures &c, const fasteners_figures &f) {
                   fv(f.pair_forever.cpu_ns));
   }
   if (c.measured[2]) add_handoff_rows(&rows, c, f);
+  if (c.measured[2] && c.across) add_across_rows(&rows, c);
   if (c.measured[3]) {
     rows.push_back({"CPU waiting timed (ms/s)", c.cpu_timed.ms_per_s(), c.cpu_floor.ms_per_s(),
                     fv(f.cpu.ms_per_s()), goal::value_at_most, 0.5, "<= 0.5 ms/s"});
@@ -308,6 +412,7 @@ std::vector<row> build_rows(const c_figures &c, const fasteners_figures &f) {
     rows.push_back({"overshoot timed-polling median (us)", median(c.overshoot_polling_us),
                     median(c.overshoot_floor_us), kNan, goal::info, 0, ""});
   }
+  if (c.measured[7]) add_cancel_rows(&rows, c);
   if (c.measured[5]) add_throughput_rows(&rows, c, f);
   return rows;
 }
@@ -335,7 +440,8 @@ std::string format_ratio(double ratio) {
   return text;
 }
 
-void print_table(const std::vector<row> &rows, const fasteners_figures &f) {
+void print_table(const std::vector<row> &rows, const c_figures &c, const fasteners_figures &f,
+                 const options &opts) {
   std::printf("\n%-36s %10s %10s %8s %10s %8s  %-15s %s\n", "figure", "libipl", "floor", "ratio",
               "fasteners", "ratio", "target", "status");
   std::printf("%s\n", std::string(112, '-').c_str());
@@ -358,12 +464,27 @@ void print_table(const std::vector<row> &rows, const fasteners_figures &f) {
       "  after each grant that the path still names the locked file; the bare lock+unlock\n"
       "  pair is the floor column of the \"raw OFD + stat\" row); handoff = F_OFD_SETLKW waiter;\n"
       "  CPU = F_OFD_SETLKW interrupted by SIGALRM; overshoot = clock_nanosleep(50 ms);\n"
-      "  throughput = F_OFD_SETLKW contenders. Ratios are to the floor, fasteners' too.\n"
+      "  throughput = F_OFD_SETLKW contenders; cancel = F_OFD_SETLKW ended by pthread_kill\n"
+      "  (its target: the overshoot median above, the deadline latency). Ratios are to the\n"
+      "  floor, fasteners' too.\n"
       "timed-polling: libipl timed waits with the wait signal off (ipl_set_wait_signal(0)),\n"
       "  the fallback used when the application owns every signal; no target.\n"
       "handoff: the holder releases 0.2-1.0 ms after the waiter announced its wait and was\n"
       "  seen asleep; latency = holder's stamp just before release -> waiter's stamp\n"
-      "  just after its acquire returned (CLOCK_MONOTONIC, two processes).\n");
+      "  just after its acquire returned (CLOCK_MONOTONIC, two processes).\n"
+      "cancel: ipl_cancel() in one thread -> the canceled ipl_acquire (timed 10 s or\n"
+      "  forever) returning IPL_E_CANCELED in another, the waiter seen asleep first;\n"
+      "  -polling: with the wait signal off.\n");
+  if (c.measured[2] && c.across) {
+    std::printf(
+        "handoff across: the same handoff, one process opening DIR/bench.lock, the other\n"
+        "  the same file through PEER_DIR (%zu rounds each). The floor of its raw OFD rows\n"
+        "  is the local raw OFD; of its libipl rows, the raw OFD across.\n"
+        "  DIR      %s\n"
+        "  PEER_DIR %s\n",
+        c.handoff_across.raw.latency_us.size(), opts.across_dir.c_str(),
+        opts.across_peer_dir.c_str());
+  }
   if (f.available) {
     std::printf(
         "fasteners %s (Python %s): InterProcessLock. pair: acquire+release in Python,\n"
@@ -489,6 +610,23 @@ void write_overshoot(json_writer &json, const char *key, const std::vector<doubl
   json.end_object();
 }
 
+void write_handoff_set(json_writer &json, const char *key, const handoff_set &set) {
+  json.begin_object(key);
+  write_handoff(json, "raw_ofd", set.raw);
+  write_handoff(json, "ipl_forever", set.forever);
+  write_handoff(json, "ipl_timed_10s", set.timed);
+  write_handoff(json, "ipl_timed_10s_polling", set.polling);
+  json.end_object();
+}
+
+void write_latencies(json_writer &json, const char *key, const std::vector<double> &samples) {
+  json.begin_object(key);
+  json.number("median_us", median(samples));
+  json.number("p99_us", percentile(samples, 99));
+  json.numbers("latency_us", samples);
+  json.end_object();
+}
+
 void write_throughput(json_writer &json, const char *key, const throughput_sample &sample) {
   json.begin_object(key);
   json.number("seconds", sample.seconds);
@@ -525,13 +663,11 @@ void write_json(const std::string &path, const options &opts, const c_figures &c
     json.text("method", c.pairs.method);
     json.end_object();
   }
-  if (c.measured[2]) {
-    json.begin_object("handoff");
-    write_handoff(json, "raw_ofd", c.handoff_raw);
-    write_handoff(json, "ipl_forever", c.handoff_forever);
-    write_handoff(json, "ipl_timed_10s", c.handoff_timed);
-    write_handoff(json, "ipl_timed_10s_polling", c.handoff_polling);
-    json.end_object();
+  if (c.measured[2]) write_handoff_set(json, "handoff", c.handoff);
+  if (c.measured[2] && c.across) {
+    json.text("handoff_across_dir", opts.across_dir);
+    json.text("handoff_across_peer_dir", opts.across_peer_dir);
+    write_handoff_set(json, "handoff_across", c.handoff_across);
   }
   if (c.measured[3]) {
     json.begin_object("cpu_while_waiting");
@@ -545,6 +681,15 @@ void write_json(const std::string &path, const options &opts, const c_figures &c
     write_overshoot(json, "clock_nanosleep", c.overshoot_floor_us);
     write_overshoot(json, "ipl_timed", c.overshoot_timed_us);
     write_overshoot(json, "ipl_timed_polling", c.overshoot_polling_us);
+    json.end_object();
+  }
+  if (c.measured[7]) {
+    json.begin_object("cancel_latency");
+    write_latencies(json, "raw_ofd_pthread_kill", c.cancel_floor_us);
+    write_latencies(json, "ipl_timed_10s", c.cancel_timed_us);
+    write_latencies(json, "ipl_forever", c.cancel_forever_us);
+    write_latencies(json, "ipl_timed_10s_polling", c.cancel_timed_polling_us);
+    write_latencies(json, "ipl_forever_polling", c.cancel_forever_polling_us);
     json.end_object();
   }
   if (c.measured[5]) {
@@ -633,32 +778,94 @@ void print_latency(const char *name, const handoff_sample &sample) {
   std::printf(")\n");
 }
 
-void measure_handoffs(c_figures *figures, const std::string &lock_path, const plan &p) {
+// The kinds of figure 2 measured between lock_path and peer_lock_path.
+struct handoff_run {
+  handoff_set *set;
+  std::string lock_path;
+  std::string peer_lock_path;
+};
+
+void measure_handoffs(c_figures *figures, const std::vector<handoff_run> &runs, const plan &p) {
   c_figures &c = *figures;
-  step("2/6 handoff latency between two processes");
-  // Blocks of rounds, each kind in turn, so that a change in the machine's
-  // load hits every kind alike.
-  const struct {
-    lock_kind kind;
-    handoff_sample *sample;
-  } kinds[] = {{lock_kind::raw_ofd, &c.handoff_raw},
-               {lock_kind::ipl_forever, &c.handoff_forever},
-               {lock_kind::ipl_timed, &c.handoff_timed},
-               {lock_kind::ipl_timed_polling, &c.handoff_polling}};
+  step(runs.size() > 1 ? "2/7 handoff latency between two processes, local and across"
+                       : "2/7 handoff latency between two processes");
+  // Blocks of rounds, each kind (and place) in turn, so that a change in
+  // the machine's load hits every kind alike.
   const int block = std::min(p.handoff_rounds, 50);
   for (int first = 0; first < p.handoff_rounds; first += block) {
     const int rounds = std::min(block, p.handoff_rounds - first);
-    for (const auto &one : kinds) measure_handoff(one.kind, lock_path, first, rounds, one.sample);
+    for (const handoff_run &run : runs) {
+      const struct {
+        lock_kind kind;
+        handoff_sample *sample;
+      } kinds[] = {{lock_kind::raw_ofd, &run.set->raw},
+                   {lock_kind::ipl_forever, &run.set->forever},
+                   {lock_kind::ipl_timed, &run.set->timed},
+                   {lock_kind::ipl_timed_polling, &run.set->polling}};
+      for (const auto &one : kinds) {
+        measure_handoff(one.kind, run.lock_path, run.peer_lock_path, first, rounds, one.sample);
+      }
+    }
   }
-  print_latency("raw OFD", c.handoff_raw);
-  print_latency("libipl forever", c.handoff_forever);
-  print_latency("libipl timed", c.handoff_timed);
-  print_latency("timed-polling", c.handoff_polling);
+  print_latency("raw OFD", c.handoff.raw);
+  print_latency("libipl forever", c.handoff.forever);
+  print_latency("libipl timed", c.handoff.timed);
+  print_latency("timed-polling", c.handoff.polling);
+  if (c.across) {
+    std::printf("   across:\n");
+    print_latency("raw OFD", c.handoff_across.raw);
+    print_latency("libipl forever", c.handoff_across.forever);
+    print_latency("libipl timed", c.handoff_across.timed);
+    print_latency("timed-polling", c.handoff_across.polling);
+  }
+}
+
+// --across: creates the lock file through `lock_path`, waits (bounded) until
+// `peer_lock_path` names it too, and fails unless a lock taken through one
+// path excludes a lock through the other, both ways: a benchmark across two
+// paths that do not share locks (two unrelated folders, sshfs) would
+// measure nothing.
+void check_one_lock_through_two_paths(const std::string &lock_path,
+                                      const std::string &peer_lock_path) {
+  const int fd = open_file(lock_path);
+  int peer_fd = -1;
+  int err = 0;
+  wait_until(
+      [&] {
+        peer_fd = open(peer_lock_path.c_str(), O_RDWR | O_CLOEXEC);
+        err = peer_fd < 0 ? errno : 0;
+        if (peer_fd < 0 && err != ENOENT) {
+          fail("--across: open %s: %s", peer_lock_path.c_str(), std::strerror(err));
+        }
+        return peer_fd >= 0;
+      },
+      20 * kSec, "the lock file to appear through the peer path");
+  const struct {
+    int holder;
+    int other;
+    const std::string &holder_path;
+  } ways[] = {{fd, peer_fd, lock_path}, {peer_fd, fd, peer_lock_path}};
+  for (const auto &way : ways) {
+    err = raw_ofd_lock(way.holder, false);
+    if (err != 0) fail("--across: F_OFD_SETLK %s: %s", way.holder_path.c_str(), std::strerror(err));
+    err = raw_ofd_lock(way.other, false);
+    if (err == 0) {
+      fail(
+          "--across: %s and %s do not share locks (both granted): not one file, or a file "
+          "system that keeps locks per mount",
+          lock_path.c_str(), peer_lock_path.c_str());
+    }
+    if (err != EAGAIN && err != EACCES) fail("--across: F_OFD_SETLK: %s", std::strerror(err));
+    err = raw_ofd_unlock(way.holder);
+    if (err != 0) fail("--across: unlock: %s", std::strerror(err));
+  }
+  close(peer_fd);
+  close(fd);
 }
 
 void measure_cpu(c_figures *figures, const std::string &lock_path, const plan &p) {
   c_figures &c = *figures;
-  step("3/6 CPU used while waiting in a timed acquire");
+  step("3/7 CPU used while waiting in a timed acquire");
   c.cpu_floor = measure_cpu_while_waiting(lock_kind::raw_ofd, lock_path, p.cpu_wait_ms);
   c.cpu_timed = measure_cpu_while_waiting(lock_kind::ipl_timed, lock_path, p.cpu_wait_ms);
   c.cpu_polling = measure_cpu_while_waiting(lock_kind::ipl_timed_polling, lock_path, p.cpu_wait_ms);
@@ -671,7 +878,7 @@ void measure_cpu(c_figures *figures, const std::string &lock_path, const plan &p
 
 void measure_overshoots(c_figures *figures, const std::string &lock_path, const plan &p) {
   c_figures &c = *figures;
-  step("4/6 overshoot of a 50 ms timeout");
+  step("4/7 overshoot of a 50 ms timeout");
   c.overshoot_floor_us = measure_sleep_overshoot_us(kOvershootTimeoutMs, p.overshoot_count);
   c.overshoot_timed_us = measure_ipl_timeout_overshoot_us(lock_kind::ipl_timed, lock_path,
                                                           kOvershootTimeoutMs, p.overshoot_count);
@@ -684,10 +891,48 @@ void measure_overshoots(c_figures *figures, const std::string &lock_path, const 
       p.overshoot_count);
 }
 
+// Right after figure 4, whose overshoot is the cancel's target, so that
+// both see the same machine.
+void measure_cancels(c_figures *figures, const std::string &lock_path, const plan &p) {
+  c_figures &c = *figures;
+  step("7/7 cancel latency (beside 4)");
+  // Blocks of each kind in turn, so that a change in the machine's load
+  // hits every kind alike.
+  const struct {
+    bool floor;
+    bool forever;
+    bool polling;
+    std::vector<double> *sample;
+  } kinds[] = {{true, false, false, &c.cancel_floor_us},
+               {false, false, false, &c.cancel_timed_us},
+               {false, true, false, &c.cancel_forever_us},
+               {false, false, true, &c.cancel_timed_polling_us},
+               {false, true, true, &c.cancel_forever_polling_us}};
+  const int block = std::min(p.cancel_count, 50);
+  for (int done = 0; done < p.cancel_count; done += block) {
+    const int count = std::min(block, p.cancel_count - done);
+    for (const auto &one : kinds) {
+      const std::vector<double> more =
+          one.floor ? measure_cancel_floor_us(lock_path, count)
+                    : measure_cancel_latency_us(lock_path, one.forever, one.polling, count);
+      one.sample->insert(one.sample->end(), more.begin(), more.end());
+    }
+  }
+  std::printf(
+      "   median (p99) us: pthread_kill floor %.1f (%.1f), timed %.1f (%.1f),\n"
+      "   forever %.1f (%.1f), timed-polling %.1f (%.1f), forever-polling %.1f (%.1f);\n"
+      "   %d waits each\n",
+      median(c.cancel_floor_us), percentile(c.cancel_floor_us, 99), median(c.cancel_timed_us),
+      percentile(c.cancel_timed_us, 99), median(c.cancel_forever_us),
+      percentile(c.cancel_forever_us, 99), median(c.cancel_timed_polling_us),
+      percentile(c.cancel_timed_polling_us, 99), median(c.cancel_forever_polling_us),
+      percentile(c.cancel_forever_polling_us, 99), p.cancel_count);
+}
+
 void measure_throughputs(c_figures *figures, const std::string &lock_path,
                          const std::string &data_path, const plan &p) {
   c_figures &c = *figures;
-  step("5/6 throughput and fairness");
+  step("5/7 throughput and fairness");
   for (int n : kProcessCounts) {
     throughput_set &set = c.throughput[n];
     const struct {
@@ -730,6 +975,20 @@ int run(const options &opts) {
   }
   const std::string lock_path = dir + "/bench.lock";
   const std::string data_path = dir + "/bench.data";
+  std::vector<handoff_run> handoff_runs = {{nullptr, lock_path, lock_path}};
+  std::string across_lock_path;
+  bool remove_across_dir = false;
+  if (!opts.across_dir.empty()) {
+    if (mkdir(opts.across_dir.c_str(), 0777) == 0) {
+      remove_across_dir = true;
+    } else if (errno != EEXIST) {
+      fail("mkdir %s: %s", opts.across_dir.c_str(), std::strerror(errno));
+    }
+    across_lock_path = opts.across_dir + "/bench.lock";
+    const std::string peer_lock_path = opts.across_peer_dir + "/bench.lock";
+    check_one_lock_through_two_paths(across_lock_path, peer_lock_path);
+    handoff_runs.push_back({nullptr, across_lock_path, peer_lock_path});
+  }
 
   const std::string load_before = load_average();
   std::printf("ipl_bench: libipl %s (%s locks, timed waits: %s), %ld CPUs, load average %s%s\n",
@@ -739,31 +998,34 @@ int run(const options &opts) {
 
   c_figures c;
   std::copy(std::begin(opts.figures), std::end(opts.figures), std::begin(c.measured));
+  c.across = handoff_runs.size() > 1;
+  handoff_runs[0].set = &c.handoff;
+  if (c.across) handoff_runs[1].set = &c.handoff_across;
   if (c.measured[1]) {
-    step("1/6 uncontended acquire + release pair");
+    step("1/7 uncontended acquire + release pair");
     c.pairs = measure_uncontended_pairs(lock_path, opts.quick);
     std::printf(
         "   CPU (wall) ns: raw OFD %.0f (%.0f), raw OFD + stat %.0f (%.0f), try %.0f (%.0f), "
         "timed %.0f (%.0f), forever %.0f (%.0f)\n   %s, %d repetitions\n",
         c.pairs.raw_ofd.cpu_ns, c.pairs.raw_ofd.real_ns, c.pairs.raw_ofd_stat.cpu_ns,
-        c.pairs.raw_ofd_stat.real_ns, c.pairs.ipl_try.cpu_ns,
-        c.pairs.ipl_try.real_ns, c.pairs.ipl_timed.cpu_ns, c.pairs.ipl_timed.real_ns,
-        c.pairs.ipl_forever.cpu_ns, c.pairs.ipl_forever.real_ns, c.pairs.method.c_str(),
-        c.pairs.repetitions);
+        c.pairs.raw_ofd_stat.real_ns, c.pairs.ipl_try.cpu_ns, c.pairs.ipl_try.real_ns,
+        c.pairs.ipl_timed.cpu_ns, c.pairs.ipl_timed.real_ns, c.pairs.ipl_forever.cpu_ns,
+        c.pairs.ipl_forever.real_ns, c.pairs.method.c_str(), c.pairs.repetitions);
   }
-  if (c.measured[2]) measure_handoffs(&c, lock_path, p);
+  if (c.measured[2]) measure_handoffs(&c, handoff_runs, p);
   if (c.measured[3]) measure_cpu(&c, lock_path, p);
   if (c.measured[4]) measure_overshoots(&c, lock_path, p);
+  if (c.measured[7]) measure_cancels(&c, lock_path, p);
   if (c.measured[5]) measure_throughputs(&c, lock_path, data_path, p);
 
   fasteners_figures f;
   if (!opts.figures[6]) {
     f.unavailable_reason = "not measured: --only";
   } else if (!opts.fasteners) {
-    step("6/6 fasteners");
+    step("6/7 fasteners");
     f.unavailable_reason = "skipped by --no-fasteners";
   } else {
-    step("6/6 fasteners");
+    step("6/7 fasteners");
     fasteners_setup setup;
     setup.python = opts.python;
     setup.peer_script = opts.peer_script;
@@ -784,7 +1046,7 @@ int run(const options &opts) {
 
   const std::string load_after = load_average();
   const std::vector<row> rows = build_rows(c, f);
-  print_table(rows, f);
+  print_table(rows, c, f, opts);
   std::printf(
       "load average: %s before, %s after (on a shared machine compare ratios, not\n"
       "  absolute figures, and repeat runs)\n",
@@ -798,6 +1060,10 @@ int run(const options &opts) {
     unlink(lock_path.c_str());
     unlink(data_path.c_str());
     rmdir(dir.c_str());
+  }
+  if (remove_across_dir) {
+    unlink(across_lock_path.c_str());
+    rmdir(opts.across_dir.c_str());
   }
   return 0;
 }

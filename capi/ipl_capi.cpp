@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // The extern "C" trampolines: argument checks, status codes, and a catch-all
 // around every call into the core, so that no exception ever unwinds
 // through C (std::bad_alloc becomes IPL_E_NO_MEMORY, anything else
@@ -18,12 +19,15 @@ using ipl::detail::lock_mode;
 // The opaque C type wraps the C++ object.
 struct ipl_lock {
   explicit ipl_lock(std::unique_ptr<ipl::detail::lock_file> file) : handle(std::move(file)) {}
+  ipl_lock(std::unique_ptr<ipl::detail::lock_file> file, lock_mode held)
+      : handle(std::move(file), held) {}
   lock_handle handle;
 };
 
 namespace {
 
-constexpr uint32_t kKnownOpenFlags = IPL_OPEN_NO_CREATE | IPL_OPEN_NO_CREATE_DIRS;
+constexpr uint32_t kKnownOpenFlags =
+    IPL_OPEN_NO_CREATE | IPL_OPEN_NO_CREATE_DIRS | IPL_OPEN_INHERITABLE;
 
 bool valid_timeout(int64_t timeout_ms) { return timeout_ms >= 0 || timeout_ms == IPL_WAIT_FOREVER; }
 
@@ -83,6 +87,26 @@ IPL_API int ipl_open_mode(const char *path, uint32_t flags, uint32_t create_mode
     return IPL_E_INVALID;
   }
   return open_handle(path, flags, int(create_mode), out, os_error);
+}
+
+IPL_API int ipl_open_fd(int fd, uint32_t flags, ipl_lock **out, int *os_error) {
+  ipl::detail::notice_fork();
+  if (os_error) *os_error = 0;
+  if (out) *out = nullptr;
+  if (fd < 0 || !out || flags != 0) return IPL_E_INVALID;
+  return guarded([&] {
+    std::unique_ptr<ipl::detail::lock_file> file;
+    bool held = false;
+    lock_mode held_mode = lock_mode::exclusive;
+    const ipl::detail::os_result opened =
+        ipl::detail::open_descriptor_lock(fd, &file, &held, &held_mode);
+    if (opened.status != IPL_OK) {
+      if (os_error) *os_error = opened.os_error;
+      return opened.status;
+    }
+    *out = held ? new ipl_lock(std::move(file), held_mode) : new ipl_lock(std::move(file));
+    return IPL_OK;
+  });
 }
 
 IPL_API int ipl_open_ex(const char *path, uint32_t flags, ipl_lock **out, int *os_error) {

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* A tiny C program over the C ABI: takes the lock, reports, releases. */
 #include <ipl/ipl.h>
 #include <stdio.h>

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // A tiny C++ program over ipl.hpp: exclusive, shared and timed locking, and
 // a decorated function.
 #include <ipl/ipl.hpp>

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // linux_wait_signal.cpp — timed waits that sleep in the kernel.
 //
 // What the OS gives

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 #include "lock_handle.hpp"
 
 #include <new>
@@ -29,6 +30,11 @@ lock_handle::lock_handle(std::unique_ptr<lock_file> file) : file_(std::move(file
   next_ = registry.head;
   if (next_) next_->prev_ = this;
   registry.head = this;
+}
+
+lock_handle::lock_handle(std::unique_ptr<lock_file> file, lock_mode held_mode)
+    : lock_handle(std::move(file)) {
+  state_ = held_state(held_mode);
 }
 
 lock_handle::~lock_handle() {
@@ -83,10 +89,15 @@ os_result lock_handle::acquire_at_path(lock_mode mode, const wait_context &wait)
     if (checked.status == IPL_OK && same) return {};
     // A lock on a file the path no longer names excludes nobody who opens
     // the path from now on: let go of it, and lock what the path names.
-    file_->unlock();
-    if (checked.status != IPL_OK) return checked;
-    if (reopens == kMaxReopens) return os_result{IPL_E_OS, kReplacedTooOftenError};
-    needs_reopen_ = true;
+    const os_result unlocked = file_->unlock();
+    if (checked.status == IPL_OK && reopens < kMaxReopens) {
+      needs_reopen_ = true;
+      continue;
+    }
+    // Giving up: an unlock that failed may have left the lock held, and
+    // only closing the descriptor (reopening the path) lets go of it now.
+    if (unlocked.status != IPL_OK) needs_reopen_ = file_->reopen().status != IPL_OK;
+    return checked.status != IPL_OK ? checked : os_result{IPL_E_OS, kReplacedTooOftenError};
   }
 }
 
@@ -169,9 +180,17 @@ int lock_handle::query(int *state_out, int64_t *holder_pid) {
       if (checked.status != IPL_OK) return finish(checked);
     }
     if (!same) {
-      const os_result reopened = file_->reopen();
-      needs_reopen_ = reopened.status != IPL_OK;
-      if (needs_reopen_) return finish(reopened);
+      // Never created here: a query must not undo an ipl_remove.
+      bool found = false;
+      const os_result reopened = file_->reopen_existing(&found);
+      needs_reopen_ = reopened.status != IPL_OK || !found;
+      if (reopened.status != IPL_OK) return finish(reopened);
+      if (!found) {
+        // Nothing at the path: nobody who opens it can be excluded.
+        *state_out = IPL_STATE_FREE;
+        if (holder_pid) *holder_pid = -1;
+        return IPL_OK;
+      }
     }
   }
   int state_seen = IPL_STATE_FREE;
@@ -215,8 +234,10 @@ void lock_handle::forget_parent_in_child(fork_kind kind) {
   if (kind == fork_kind::unnoticed) new (&registry.mutex) std::mutex;
   for (lock_handle *handle = registry.head; handle; handle = handle->next_) {
     if (kind == fork_kind::unnoticed) new (&handle->mutex_) std::mutex;
-    // Whatever the parent held or was acquiring is the parent's.
+    // Whatever the parent held or was acquiring is the parent's, and so is
+    // the wait in progress (on a stack of a thread not in this process).
     handle->state_ = state::idle;
+    handle->current_wait_ = nullptr;
     handle->needs_reopen_ = true;
     if (kind == fork_kind::after_prepare) handle->mutex_.unlock();
   }

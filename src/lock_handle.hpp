@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // lock_handle: the state machine behind one ipl_lock.
 //
 // A handle holds at most one lock. Its state lives under a mutex, but the
@@ -31,6 +32,8 @@ namespace ipl::detail {
 class lock_handle {
  public:
   explicit lock_handle(std::unique_ptr<lock_file> file);
+  // A handle whose file holds a lock in `mode` already (ipl_open_fd).
+  lock_handle(std::unique_ptr<lock_file> file, lock_mode held_mode);
   ~lock_handle();  // releases what the handle holds (closing the file does)
   lock_handle(const lock_handle &) = delete;
   lock_handle &operator=(const lock_handle &) = delete;

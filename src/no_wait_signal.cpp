@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // Systems without per-thread timer signals: timed waits always poll.
 #include "ipl/ipl.h"
 #include "wait_signal.hpp"

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // The one interface between the core and the OS. Each backend
 // (posix_fcntl.cpp, win32_lockfileex.cpp) implements it; the build picks one.
 #ifndef IPL_SRC_PLATFORM_HPP
@@ -90,6 +91,10 @@ class lock_file {
   // On failure the file has no descriptor; only reopen() and destruction
   // may follow.
   virtual os_result reopen() = 0;
+  // As reopen(), but never creating the file or its folders (ipl_query must
+  // not undo an ipl_remove): when the path names nothing, IPL_OK with
+  // *found = false, and no descriptor, as after a failed reopen.
+  virtual os_result reopen_existing(bool *found) = 0;
 
   // True in a child process forked after this file was opened: the
   // descriptor was the parent's (libipl closed the child's copy at the
@@ -115,6 +120,12 @@ extern const int kReplacedTooOftenError;
 
 // Opens (by default creating, with parent folders) the lock file.
 os_result open_lock_file(const open_request &request, std::unique_ptr<lock_file> *out);
+
+// ipl_open_fd: a lock_file over the caller's descriptor, locking its open
+// file description; *held (and *held_mode) when the description holds a
+// lock already. IPL_E_UNSUPPORTED where locks are not per description.
+os_result open_descriptor_lock(int fd, std::unique_ptr<lock_file> *out, bool *held,
+                               lock_mode *held_mode);
 
 // A short name of the backend, for diagnostics ("posix-ofd", ...).
 const char *backend_name();

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // posix_classic.cpp — the portable POSIX backend: classic fcntl locks plus a
 // per-process inode table (macOS, the BSDs; on Linux with
 // -Dposix_locks=classic).
@@ -137,8 +138,9 @@ class classic_lock_file final : public lock_file {
 
   ~classic_lock_file() override { leave_inode(); }
 
-  os_result open() {
-    const os_result opened = posix::open_file(path_, flags_, create_mode_, &take_parked, &file_);
+  os_result open(uint32_t extra_flags = 0) {
+    const os_result opened =
+        posix::open_file(path_, flags_ | extra_flags, create_mode_, &take_parked, &file_);
     if (opened.status != IPL_OK) return opened;
     table_ = current_table;
     std::lock_guard<std::mutex> guard(table_->mutex);
@@ -172,7 +174,7 @@ class classic_lock_file final : public lock_file {
 
   os_result unlock() override {
     std::lock_guard<std::mutex> guard(table_->mutex);
-    return release_locked();
+    return release_locked(false);
   }
 
   os_result downgrade() override {
@@ -275,6 +277,11 @@ class classic_lock_file final : public lock_file {
     return open();
   }
 
+  os_result reopen_existing(bool *found) override {
+    leave_inode();
+    return posix::missing_as_not_found(open(IPL_OPEN_NO_CREATE | IPL_OPEN_NO_CREATE_DIRS), found);
+  }
+
   bool inherited() const override {
     return file_.fd >= 0 && file_.token != posix::process_token();
   }
@@ -345,17 +352,22 @@ class classic_lock_file final : public lock_file {
     return result;
   }
 
-  // Called with the table mutex held.
-  os_result release_locked() {
-    bool last_holder = true;
+  // Called with the table mutex held. When the kernel unlock fails (not
+  // for a lost lock) the process may still hold the lock: unless `closing`
+  // (the descriptor is closed next, which drops it), the table keeps it
+  // held, so that the release can be retried and no other handle of this
+  // process takes it meanwhile (its fcntl would just convert ours).
+  os_result release_locked(bool closing) {
+    const bool last_holder = mode_ == lock_mode::exclusive || inode_->shared_holders == 1;
+    os_result result;
+    if (last_holder) result = posix::clear_lock(file_.fd, kClassicCommands.try_cmd);
+    if (result.status != IPL_OK && result.status != IPL_E_LOST && !closing) return result;
     if (mode_ == lock_mode::shared) {
-      last_holder = --inode_->shared_holders == 0;
+      --inode_->shared_holders;
     } else {
       inode_->exclusive_held = false;
     }
     holding_ = false;
-    os_result result;
-    if (last_holder) result = posix::clear_lock(file_.fd, kClassicCommands.try_cmd);
     close_parked_if_unlocked(*inode_);
     inode_->changed.notify_all();
     return result;
@@ -368,7 +380,7 @@ class classic_lock_file final : public lock_file {
     if (file_.fd < 0) return;
     if (!inherited()) {
       std::lock_guard<std::mutex> guard(table_->mutex);
-      if (holding_) release_locked();
+      if (holding_) release_locked(true);
       if (inode_->unlocked()) {
         posix::close_registered(file_.fd);
       } else {
@@ -404,7 +416,14 @@ void kind_after_fork_child(fork_kind kind) {
 }
 }  // namespace posix
 
+// Classic locks belong to the process, not to a description: a lock a
+// child would inherit, or one left on a caller's descriptor, is not theirs.
+os_result open_descriptor_lock(int, std::unique_ptr<lock_file> *, bool *, lock_mode *) {
+  return posix::failure(IPL_E_UNSUPPORTED, 0);
+}
+
 os_result open_lock_file(const open_request &request, std::unique_ptr<lock_file> *out) {
+  if (request.flags & IPL_OPEN_INHERITABLE) return posix::failure(IPL_E_UNSUPPORTED, 0);
   auto file = std::make_unique<classic_lock_file>(posix::absolute_path(request.path),
                                                   request.flags, request.create_mode);
   const os_result opened = file->open();

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // posix_fcntl.cpp — what both POSIX backends share: opening the lock file,
 // the descriptors libipl owns across fork(), the path identity check, and
 // waiting for a whole-file fcntl record lock.
@@ -315,13 +316,21 @@ os_result create_parent_dirs(const std::string &path, int create_mode) {
 
 constexpr int kBaseOpenFlags = O_CLOEXEC | O_NOCTTY | O_NONBLOCK;
 
+// IPL_OPEN_INHERITABLE: children and exec'd programs get the descriptor.
+int base_open_flags(uint32_t flags) {
+  return (flags & IPL_OPEN_INHERITABLE) ? kBaseOpenFlags & ~O_CLOEXEC : kBaseOpenFlags;
+}
+
 bool is_denied(int err) { return err == EACCES || err == EPERM || err == EROFS; }
 
 // Moves a descriptor that landed on 0, 1 or 2 to 3 or above (see the top).
-int above_stdio(int fd) {
+int above_stdio(int fd, bool inheritable) {
   if (fd > 2) return fd;
-  const int moved = sys::calls.dup_cloexec(fd, 3);
-  const int err = errno;
+  const int moved =
+      inheritable ? ::fcntl(fd, F_DUPFD, 3) : sys::calls.dup_cloexec(fd, 3);
+  // F_DUPFD says EINVAL when RLIMIT_NOFILE is 3 or less: no descriptor is
+  // free above the standard streams, which is EMFILE to the caller.
+  const int err = moved < 0 && errno == EINVAL ? EMFILE : errno;
   sys::calls.close(fd);
   errno = err;
   return moved;
@@ -345,13 +354,14 @@ constexpr int kCreateRounds = 8;
 int open_descriptor(const std::string &path, uint32_t flags, int create_mode, bool *writable,
                     int *write_denied, os_result *failed) {
   const char *p = path.c_str();
-  int fd = open_retrying(p, O_RDWR | kBaseOpenFlags, 0);
+  const int base = base_open_flags(flags);
+  int fd = open_retrying(p, O_RDWR | base, 0);
   for (int round = 0; fd < 0 && errno == ENOENT && !(flags & IPL_OPEN_NO_CREATE) &&
                       round < kCreateRounds;
        ++round) {
     const bool exact = create_mode != kDefaultCreateMode;
     const mode_t mode = exact ? mode_t(create_mode) : kDefaultFileMode;
-    fd = open_retrying(p, O_RDWR | O_CREAT | O_EXCL | kBaseOpenFlags, mode);
+    fd = open_retrying(p, O_RDWR | O_CREAT | O_EXCL | base, mode);
     if (fd >= 0) {
       if (exact && sys::calls.fchmod(fd, mode) != 0) {
         *failed = open_failure(errno);
@@ -362,7 +372,7 @@ int open_descriptor(const std::string &path, uint32_t flags, int create_mode, bo
     }
     const int err = errno;
     if (err == EEXIST) {
-      fd = open_retrying(p, O_RDWR | kBaseOpenFlags, 0);  // another creator won
+      fd = open_retrying(p, O_RDWR | base, 0);  // another creator won
     } else if (err == ENOENT) {
       // A parent folder is missing.
       if (flags & IPL_OPEN_NO_CREATE_DIRS) {
@@ -383,14 +393,14 @@ int open_descriptor(const std::string &path, uint32_t flags, int create_mode, bo
   if (fd < 0 && is_denied(errno)) {
     // Read access may be enough: shared locks only.
     *write_denied = errno;
-    fd = open_retrying(p, O_RDONLY | kBaseOpenFlags, 0);
+    fd = open_retrying(p, O_RDONLY | base, 0);
     if (fd >= 0) *writable = false;
   }
   if (fd < 0) {
     *failed = open_failure(errno);
     return -1;
   }
-  fd = above_stdio(fd);
+  fd = above_stdio(fd, (flags & IPL_OPEN_INHERITABLE) != 0);
   if (fd < 0) *failed = open_failure(errno);
   return fd;
 }
@@ -422,6 +432,30 @@ void close_registered(int fd) {
     }
   }
   sys::calls.close(fd);
+}
+
+os_result describe_descriptor(int fd, opened_file *out) {
+  struct stat st;
+  if (sys::calls.fstat(fd, &st) != 0) return open_failure(errno);
+  if (!S_ISREG(st.st_mode)) return failure(IPL_E_NOT_REGULAR_FILE, 0);
+  const int access = ::fcntl(fd, F_GETFL);
+  if (access < 0) return open_failure(errno);
+  opened_file file;
+  file.fd = fd;
+  file.dev = st.st_dev;
+  file.ino = st.st_ino;
+  file.writable = (access & O_ACCMODE) != O_RDONLY;
+  file.readable = (access & O_ACCMODE) != O_WRONLY;
+#ifdef O_PATH
+  // Linux's O_PATH descriptors say O_RDONLY but allow no lock at all.
+  if (access & O_PATH) file.writable = file.readable = false;
+#endif
+  file.write_denied_error = file.writable ? 0 : EBADF;  // what fcntl would say
+  file.interruptible = signal_can_interrupt_lock_wait(fd);
+  file.token = process_token();
+  file.registered = false;
+  *out = file;
+  return {};
 }
 
 std::string absolute_path(const char *path) {
@@ -469,7 +503,10 @@ os_result open_file(const std::string &path, uint32_t flags, int create_mode, re
     file.fd = open_descriptor(path, flags, create_mode, &file.writable, &file.write_denied_error,
                               &failed);
     if (file.fd < 0) return failed;
-    register_descriptor(file.fd);
+    // An inheritable descriptor is meant to reach children: the fork
+    // clean-up leaves it alone.
+    file.registered = !(flags & IPL_OPEN_INHERITABLE);
+    if (file.registered) register_descriptor(file.fd);
   }
   if (sys::calls.fstat(file.fd, &st) != 0) {
     const int err = errno;
@@ -503,6 +540,12 @@ os_result open_file(const std::string &path, uint32_t flags, int create_mode, re
   file.token = process_token();
   *out = file;
   return {};
+}
+
+os_result missing_as_not_found(const os_result &opened, bool *found) {
+  *found = opened.status == IPL_OK;
+  if (opened.status == IPL_E_OS && opened.os_error == ENOENT) return {};
+  return opened;
 }
 
 os_result still_names(const std::string &path, dev_t dev, ino_t ino, bool *same) {
@@ -647,6 +690,7 @@ os_result check_exclusive_ofd(const opened_file &file, const std::string &path) 
     return seen;
   }
   if (type != F_WRLCK) return failure(IPL_E_LOST, 0);
+  if (path.empty()) return {};  // a caller's descriptor: no path to check
   bool same = false;
   const os_result named = still_names(path, file.dev, file.ino, &same);
   if (named.status != IPL_OK) return named;
@@ -667,6 +711,7 @@ os_result check_held(const opened_file &file, const std::string &path, int try_c
       return failure(IPL_E_LOST, err);
     return lock_failure(err);
   }
+  if (path.empty()) return {};  // a caller's descriptor: no path to check
   bool same = false;
   const os_result named = still_names(path, file.dev, file.ino, &same);
   if (named.status != IPL_OK) return named;
@@ -676,14 +721,19 @@ os_result check_held(const opened_file &file, const std::string &path, int try_c
 os_result clear_lock(int fd, int try_cmd) { return clear_range(fd, try_cmd, kWholeFile); }
 
 os_result convert_to_shared(int fd, int try_cmd) {
-  // Shared on the lock's range first: the exclusive lock splits, and its
-  // last byte stays exclusive until the second call, so no writer can get
-  // in between. Both calls only release: they never wait.
+  // The last byte first: bytes 0 .. 2^63-2 stay exclusive, and every lock
+  // anyone takes covers byte 0, so nobody can get in between. Then shared
+  // on that range. Both calls only release: they never wait. Should either
+  // fail, the lock is still exclusive in effect (ipl.h promises that): done
+  // the other way round, a failed second call would leave it shared to
+  // libipl readers while the handle holds it "exclusive".
+  const os_result cleared = clear_range(fd, try_cmd, kUpgradeByte);
+  if (cleared.status != IPL_OK) return cleared;
   struct flock region = make_region(F_RDLCK, kSharedRange);
   while (sys::calls.fcntl_lock(fd, try_cmd, &region) != 0) {
     if (errno != EINTR) return lock_failure(errno);
   }
-  return clear_range(fd, try_cmd, kUpgradeByte);
+  return {};
 }
 
 os_result conflicting_lock(int fd, int get_cmd, byte_range range, short *type, pid_t *pid) {

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // What the two POSIX lock kinds share (posix_fcntl.cpp): opening the lock
 // file, the descriptors libipl owns across fork(), the path identity check,
 // and waiting for an fcntl lock. posix_ofd.cpp (Linux open-file-description
@@ -38,7 +39,13 @@ struct opened_file {
   int write_denied_error = 0;  // errno of the refused O_RDWR open
   bool interruptible = true;   // a signal ends a blocking lock wait on it
   uint64_t token = 0;          // process_token() when it was opened
+  bool readable = true;        // open for reading (a shared lock needs it)
+  bool registered = true;      // closed in forked children (not inheritable)
 };
+
+// ipl_open_fd: what a caller's descriptor is (a regular file; its access
+// mode), without taking it over: not registered, never closed by libipl.
+os_result describe_descriptor(int fd, opened_file *out);
 
 // The lock kind's hook into opening: a descriptor the process already has
 // on (dev, ino) that the new handle may take over instead of opening the
@@ -51,6 +58,11 @@ using reuse_hook = int (*)(dev_t dev, ino_t ino, bool *writable);
 // mode, parent folders, a descriptor >= 3, close-on-exec, registered.
 os_result open_file(const std::string &path, uint32_t flags, int create_mode, reuse_hook reuse,
                     opened_file *out);
+
+// What open_file() with IPL_OPEN_NO_CREATE | IPL_OPEN_NO_CREATE_DIRS
+// returned, for lock_file::reopen_existing(): a path that names nothing
+// (ENOENT) is IPL_OK with *found = false.
+os_result missing_as_not_found(const os_result &opened, bool *found);
 
 // `path` made absolute against the current directory (as given when
 // getcwd() fails), so that a later chdir() cannot change what it names.

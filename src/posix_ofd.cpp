@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // posix_ofd.cpp — the Linux backend: open-file-description (OFD) locks.
 //
 // What the OS gives
@@ -21,6 +22,10 @@
 //   also unlocks explicitly before closing, so a release by close never
 //   depends on other copies being gone.
 #include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include <memory>
 #include <string>
@@ -39,11 +44,21 @@ class ofd_lock_file final : public lock_file {
   ofd_lock_file(std::string path, uint32_t flags, int create_mode)
       : path_(std::move(path)), flags_(flags), create_mode_(create_mode) {}
 
+  // ipl_open_fd: the caller's descriptor, never closed, with no path
+  // (no identity check, no reopen, no remove); `held` what its open file
+  // description holds already.
+  ofd_lock_file(const opened_file &borrowed, bool held)
+      : flags_(0), create_mode_(kDefaultCreateMode), file_(borrowed), held_(held), borrowed_(true) {}
+
   ~ofd_lock_file() override { drop_descriptor(); }
 
-  os_result open() { return posix::open_file(path_, flags_, create_mode_, nullptr, &file_); }
+  os_result open(uint32_t extra_flags = 0) {
+    return posix::open_file(path_, flags_ | extra_flags, create_mode_, nullptr, &file_);
+  }
 
   os_result lock(lock_mode mode, const wait_context &wait) override {
+    // A read lock needs a descriptor open for reading (fcntl says EBADF).
+    if (mode == lock_mode::shared && !file_.readable) return posix::failure(IPL_E_ACCESS, EBADF);
     const os_result result = posix::set_lock(file_, kOfdCommands, mode, wait);
     held_ = result.status == IPL_OK;
     return result;
@@ -89,6 +104,7 @@ class ofd_lock_file final : public lock_file {
   }
 
   os_result remove() override {
+    if (borrowed_) return posix::failure(IPL_E_UNSUPPORTED, 0);
     const os_result removed = posix::unlink_if_still_named(path_, file_.dev, file_.ino);
     if (removed.status != IPL_OK) return removed;
     return unlock();
@@ -98,12 +114,23 @@ class ofd_lock_file final : public lock_file {
   int write_denied_error() const override { return file_.write_denied_error; }
 
   os_result still_at_path(bool *same) override {
+    if (borrowed_) {
+      *same = true;  // no path: the descriptor is the lock
+      return {};
+    }
     return posix::still_names(path_, file_.dev, file_.ino, same);
   }
 
   os_result reopen() override {
+    if (borrowed_) return posix::failure(IPL_E_UNSUPPORTED, 0);
     drop_descriptor();
     return open();
+  }
+
+  os_result reopen_existing(bool *found) override {
+    if (borrowed_) return posix::failure(IPL_E_UNSUPPORTED, 0);
+    drop_descriptor();
+    return posix::missing_as_not_found(open(IPL_OPEN_NO_CREATE | IPL_OPEN_NO_CREATE_DIRS), found);
   }
 
   bool inherited() const override {
@@ -118,7 +145,7 @@ class ofd_lock_file final : public lock_file {
     if (file_.fd < 0) return;
     if (!inherited()) {
       if (held_) posix::clear_lock(file_.fd, kOfdCommands.try_cmd);
-      posix::close_registered(file_.fd);
+      if (!borrowed_) posix::close_registered(file_.fd);
     }
     file_ = opened_file{};
     held_ = false;
@@ -129,9 +156,49 @@ class ofd_lock_file final : public lock_file {
   int create_mode_;
   opened_file file_;
   bool held_ = false;
+  bool borrowed_ = false;
 };
 
+// What the open file description behind `fd` holds already, from the
+// OFDLCK lines of /proc/self/fdinfo/FD (the locks it owns): false when
+// nothing, else *mode.
+bool description_holds_lock(int fd, lock_mode *mode) {
+  const std::string path = "/proc/self/fdinfo/" + std::to_string(fd);
+  const int info = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (info < 0) return false;
+  char text[4096];
+  const ssize_t got = ::read(info, text, sizeof text - 1);
+  ::close(info);
+  if (got <= 0) return false;
+  text[got] = '\0';
+  bool holds = false;
+  for (const char *line = std::strstr(text, "lock:"); line; line = std::strstr(line + 1, "lock:")) {
+    const char *end = std::strchr(line, '\n');
+    const std::string one(line, end ? size_t(end - line) : std::strlen(line));
+    if (one.find("OFDLCK") == std::string::npos) continue;
+    if (one.find("WRITE") != std::string::npos) {
+      *mode = lock_mode::exclusive;
+      return true;
+    }
+    if (one.find("READ") != std::string::npos) {
+      *mode = lock_mode::shared;
+      holds = true;
+    }
+  }
+  return holds;
+}
+
 }  // namespace
+
+os_result open_descriptor_lock(int fd, std::unique_ptr<lock_file> *out, bool *held,
+                               lock_mode *held_mode) {
+  opened_file file;
+  const os_result described = posix::describe_descriptor(fd, &file);
+  if (described.status != IPL_OK) return described;
+  *held = description_holds_lock(fd, held_mode);
+  *out = std::make_unique<ofd_lock_file>(file, *held);
+  return {};
+}
 
 namespace posix {
 // OFD locks keep no per-process state to protect across fork().

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // The real system calls behind sys::calls (see posix_syscalls.hpp).
 #include "posix_syscalls.hpp"
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // posix_syscalls.hpp — the one seam between the POSIX backend and the OS.
 //
 // Every system call the POSIX backend (posix_fcntl.cpp, posix_ofd.cpp,

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // wait_deadline: when a timed wait must give up, on the monotonic clock.
 #ifndef IPL_SRC_WAIT_DEADLINE_HPP
 #define IPL_SRC_WAIT_DEADLINE_HPP

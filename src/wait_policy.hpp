@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // wait_policy: how a lock is waited for, on every platform. The backend
 // supplies the OS calls for one lock request (try, block); the policy decides
 // when to call which, keeps the deadline and lets ipl_cancel() end the wait.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // The signal that interrupts a blocking lock wait at its deadline, so that
 // timed waits sleep in the kernel instead of polling. Linux implements it
 // (linux_wait_signal.cpp); elsewhere it is never available

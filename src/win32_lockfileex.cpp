@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // win32_lockfileex.cpp — the Windows backend: LockFileEx on byte 0.
 //
 // What the OS gives
@@ -503,9 +504,9 @@ class win32_lock_file final : public lock_file {
   win32_lock_file(std::wstring path, uint32_t flags) : path_(std::move(path)), flags_(flags) {}
   ~win32_lock_file() override { drop_handle(); }
 
-  os_result open() {
+  os_result open(uint32_t extra_flags = 0) {
     opened_handle opened;
-    const os_result result = open_regular_file(path_, flags_, &opened);
+    const os_result result = open_regular_file(path_, flags_ | extra_flags, &opened);
     if (result.status != IPL_OK) return result;
     if (!identify(opened.handle, &identity_)) {
       const DWORD err = GetLastError();
@@ -591,7 +592,12 @@ class win32_lock_file final : public lock_file {
       const DWORD err = GetLastError();
       if (err != ERROR_FILE_NOT_FOUND) return open_failure(err);
     }
-    return unlock();
+    const os_result unlocked = unlock();
+    // Closed at once: a deleted file stays at its path while a handle is
+    // open (Windows without POSIX semantics, Wine). The core reopens the
+    // path before this handle's next acquire or query.
+    if (unlocked.status == IPL_OK) drop_handle();
+    return unlocked;
   }
 
   bool writable() const override { return file_.writable; }
@@ -628,6 +634,15 @@ class win32_lock_file final : public lock_file {
     return open();
   }
 
+  os_result reopen_existing(bool *found) override {
+    drop_handle();
+    const os_result opened = open(IPL_OPEN_NO_CREATE | IPL_OPEN_NO_CREATE_DIRS);
+    *found = opened.status == IPL_OK;
+    const bool missing = opened.status == IPL_E_OS && (opened.os_error == ERROR_FILE_NOT_FOUND ||
+                                                       opened.os_error == ERROR_PATH_NOT_FOUND);
+    return missing ? os_result{} : opened;
+  }
+
   // Windows has no fork(): a handle never reaches another process.
   bool inherited() const override { return false; }
 
@@ -650,7 +665,13 @@ class win32_lock_file final : public lock_file {
 
 }  // namespace
 
+// Not on Windows: see ipl.h.
+os_result open_descriptor_lock(int, std::unique_ptr<lock_file> *, bool *, lock_mode *) {
+  return os_failure(IPL_E_UNSUPPORTED, 0);
+}
+
 os_result open_lock_file(const open_request &request, std::unique_ptr<lock_file> *out) {
+  if (request.flags & IPL_OPEN_INHERITABLE) return os_failure(IPL_E_UNSUPPORTED, 0);
   // request.create_mode is ignored: new files inherit their folder's ACL.
   std::wstring path;
   const os_result made_path = win32_path(request.path, &path);

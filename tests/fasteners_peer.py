@@ -1,25 +1,34 @@
 #!/usr/bin/env python3
-"""A fasteners process for libipl's interop tests (tests/test_interop.cpp).
+# SPDX-License-Identifier: MIT
+"""A lock agent whose locks are Python fasteners' (tests/test_interop.cpp).
 
     fasteners_peer.py LOCK_PATH
 
-The test drives this peer one line at a time. The peer answers every line
-with one line "WORD MONOTONIC_NS" (or "error TEXT"), where MONOTONIC_NS is
-CLOCK_MONOTONIC in nanoseconds, comparable with the test's own clock:
+It speaks the protocol of ipltest::lock_agent (tests/test_support.hpp), so
+that a test drives this peer and a libipl agent through one class:
 
-    (start)                  -> ready        the fasteners module is imported
-    acquire KIND MODE        -> locked T     got it (T: just after)
-                                busy T       MODE try: held elsewhere
-                                waiting T    first try failed; waiting starts
-                                             after T, then one more line:
-                                             locked T or timeout T
-    release                  -> released T   T: just before unlocking
-    exit                     -> (exits)
+    (start)                  -> ready            fasteners is imported
+                                error TEXT       it is not
+    acquire MODE TIMEOUT_MS  -> rc STATUS T      one acquire call
+    wait MODE TIMEOUT_MS     -> [waiting T] rc STATUS T
+                                                 one try; when the lock is
+                                                 held elsewhere (and
+                                                 TIMEOUT_MS != 0) "waiting",
+                                                 then the call
+    release MODE [DELAY_MS]  -> rc STATUS T      after sleeping DELAY_MS
+    close                    -> closed           lets go of what it holds
+    exit, or EOF             -> (exits)
 
-KIND: exclusive = fasteners.InterProcessLock; read / write = the read / write
-side of fasteners.InterProcessReaderWriterLock.
-MODE: try (blocking=False); block (blocking=True, no timeout);
-timeout=MS (blocking=True, timeout=MS/1000 seconds).
+MODE: exclusive = fasteners.InterProcessLock; write / shared = the write /
+read side of fasteners.InterProcessReaderWriterLock (as ipl_acquire,
+ipl_acquire_write, ipl_acquire_read). TIMEOUT_MS: 0 = one try
+(blocking=False), -1 = IPL_WAIT_FOREVER (blocking=True, no timeout), else
+blocking=True with timeout=TIMEOUT_MS/1000 s. STATUS is the ipl status a
+libipl agent would answer: IPL_OK (got it / let go), IPL_E_TIMEOUT (not got),
+IPL_E_WOULD_DEADLOCK (already holds a lock), IPL_E_NOT_HELD (a release of
+what it does not hold), IPL_E_INVALID (after close, or a bad timeout). T is
+CLOCK_MONOTONIC in nanoseconds (time.monotonic_ns(), lock_agent::clock_ns()
+in C++): just after an acquire call, just before a release or a wait.
 
 A peer holds at most one lock. It keeps one lock object per class for its
 whole life: fasteners' locks are classic POSIX record locks, owned by the
@@ -27,8 +36,8 @@ process, so closing any descriptor of the file (a second lock object being
 garbage-collected, say) would silently drop a lock this process holds.
 
 Every wait is bounded: the peer exits when its stdin closes (also in the
-middle of a blocking acquire), when the test stays silent for IDLE_BOUND_S,
-and in any case after LIFETIME_BOUND_S.
+middle of a blocking acquire or a release delay), when the test stays silent
+for IDLE_BOUND_S, and in any case after LIFETIME_BOUND_S.
 """
 
 import os
@@ -41,14 +50,18 @@ import time
 IDLE_BOUND_S = 30
 LIFETIME_BOUND_S = 120
 
+# ipl.h's statuses (pinned forever).
+IPL_OK = 0
+IPL_E_TIMEOUT = -1
+IPL_E_INVALID = -2
+IPL_E_NOT_HELD = -3
+IPL_E_WOULD_DEADLOCK = -4
+IPL_WAIT_FOREVER = -1
+
 
 def say(line):
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
-
-
-def say_at(word):
-    say("%s %d" % (word, time.monotonic_ns()))
 
 
 def main():
@@ -95,15 +108,52 @@ def main():
         lock_path, sleep_func=sleep_unless_test_gone)
     acquirers = {
         "exclusive": exclusive_lock.acquire,
-        "read": rw_lock.acquire_read_lock,
         "write": rw_lock.acquire_write_lock,
+        "shared": rw_lock.acquire_read_lock,
     }
     releasers = {
         "exclusive": exclusive_lock.release,
-        "read": rw_lock.release_read_lock,
         "write": rw_lock.release_write_lock,
+        "shared": rw_lock.release_read_lock,
     }
-    held_kind = None
+    state = {"held": None, "closed": False}
+
+    def acquire(mode, timeout_ms):
+        """One acquire call: its status."""
+        if state["closed"] or (timeout_ms < 0 and timeout_ms != IPL_WAIT_FOREVER):
+            return IPL_E_INVALID
+        if state["held"] is not None:
+            return IPL_E_WOULD_DEADLOCK
+        if timeout_ms == 0:
+            got = acquirers[mode](blocking=False)
+        else:
+            timeout_s = None if timeout_ms == IPL_WAIT_FOREVER else timeout_ms / 1000.0
+            got = acquirers[mode](blocking=True, timeout=timeout_s)
+        if not got:
+            return IPL_E_TIMEOUT
+        state["held"] = mode
+        return IPL_OK
+
+    def wait(mode, timeout_ms):
+        """One try; if the lock is held elsewhere (and timeout_ms != 0), says
+        "waiting T" and makes the call. Its status, and whether it waited."""
+        status = acquire(mode, 0)
+        if status != IPL_E_TIMEOUT or timeout_ms == 0:
+            return status, False
+        say("waiting %d" % time.monotonic_ns())
+        return acquire(mode, timeout_ms), True
+
+    def release(mode):
+        if state["closed"]:
+            return IPL_E_INVALID
+        if state["held"] != mode:
+            return IPL_E_NOT_HELD
+        releasers[mode]()
+        state["held"] = None
+        return IPL_OK
+
+    def say_status(status, at_ns):
+        say("rc %d %d" % (status, at_ns))
 
     say("ready")
     while True:
@@ -115,45 +165,32 @@ def main():
             return 0
         words = command.split()
 
-        if len(words) == 3 and words[0] == "acquire":
-            kind, mode = words[1], words[2]
-            if kind not in acquirers:
-                say("error unknown kind: " + kind)
-                continue
-            if held_kind is not None:
-                say("error already holding " + held_kind)
-                continue
-            timeout_s = None  # try / block
-            if mode.startswith("timeout=") and mode[len("timeout="):].isdigit():
-                timeout_s = int(mode[len("timeout="):]) / 1000.0
-            elif mode not in ("try", "block"):
-                say("error unknown mode: " + mode)
-                continue
-            acquire = acquirers[kind]
-            if acquire(blocking=False):
-                held_kind = kind
-                say_at("locked")
-            elif mode == "try":
-                say_at("busy")
+        if words == ["close"]:
+            if state["held"] is not None:
+                release(state["held"])
+            state["closed"] = True
+            say("closed")
+        elif (len(words) == 3 and words[0] in ("acquire", "wait")
+              and words[1] in acquirers and is_integer(words[2])):
+            mode, timeout_ms = words[1], int(words[2])
+            if words[0] == "wait":
+                status, _ = wait(mode, timeout_ms)
             else:
-                say_at("waiting")
-                if acquire(blocking=True, timeout=timeout_s):
-                    held_kind = kind
-                    say_at("locked")
-                else:
-                    say_at("timeout")
-
-        elif command == "release":
-            if held_kind is None:
-                say("error release without a lock")
-                continue
+                status = acquire(mode, timeout_ms)
+            say_status(status, time.monotonic_ns())
+        elif (len(words) in (2, 3) and words[0] == "release"
+              and words[1] in acquirers
+              and (len(words) == 2 or is_integer(words[2]))):
+            if len(words) == 3:
+                sleep_unless_test_gone(max(0, int(words[2])) / 1000.0)
             released_at = time.monotonic_ns()
-            releasers[held_kind]()
-            held_kind = None
-            say("released %d" % released_at)
-
+            say_status(release(words[1]), released_at)
         else:
-            say("error unknown command: " + command)
+            say("bad command: " + command)
+
+
+def is_integer(word):
+    return word.lstrip("-").isdigit()
 
 
 if __name__ == "__main__":

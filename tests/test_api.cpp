@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // API contract tests: argument checking, the statuses of ipl_open for every
 // kind of bad path, fasteners' defaults (folders created, 0666 minus umask,
 // the file never written), descriptor hygiene, ipl_strerror and versions.
@@ -304,8 +305,8 @@ TEST(ApiBadInput, EmptyPathIsInvalid) {
 TEST(ApiBadInput, UnknownFlagBitsAreInvalidAndCreateNothing) {
   temp_dir dir;
   const std::string path = dir.path("sub/flags.lock");
-  const uint32_t bad_flags[] = {0x80000000u, 0x4u, 0x4u | IPL_OPEN_NO_CREATE,
-                                0x8u | IPL_OPEN_NO_CREATE_DIRS, 0xffffffffu, 0x100u};
+  const uint32_t bad_flags[] = {0x80000000u, 0x8u, 0x8u | IPL_OPEN_NO_CREATE,
+                                0x10u | IPL_OPEN_NO_CREATE_DIRS, 0xffffffffu, 0x100u};
   for (const uint32_t flags : bad_flags) {
     SCOPED_TRACE("flags " + std::to_string(flags));
     int os_error = -1;
@@ -483,7 +484,7 @@ TEST(ApiBadInput, RejectedCallsLeakNoDescriptors) {
   const int fds_before = open_fd_count();
   for (int i = 0; i < 200; ++i) {
     ipl_lock *out = nullptr;
-    ASSERT_EQ(ipl_open(path.c_str(), 0x4u, &out), IPL_E_INVALID);
+    ASSERT_EQ(ipl_open(path.c_str(), 0x8u, &out), IPL_E_INVALID);
     ASSERT_EQ(ipl_open(path.c_str(), 0, nullptr), IPL_E_INVALID);
     ASSERT_EQ(ipl_acquire(lock.lock, -2), IPL_E_INVALID);
   }

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // Conflict* and Stress* tests: who excludes whom, between handles of one
 // thread, threads, and processes; misuse of a handle (re-acquire, releasing
 // what it does not hold); ipl_close; one handle shared by many threads; and a

@@ -8,7 +8,10 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/stat.h>
-#ifndef _WIN32
+#ifdef _WIN32
+#include <fcntl.h>
+#include <io.h>
+#else
 #include <sys/wait.h>
 #endif
 
@@ -107,40 +110,8 @@ struct shifted_clock {
 
 // ---- Helper processes ------------------------------------------------------
 
-// Holds the lock on args[0] in mode args[1] ("exclusive" or "shared") until
-// told "release".
-IPL_TEST_HELPER(wrapper_hold) {
-  ipl::shared_process_lock lock(args.at(0));
-  if (args.at(1) == "shared")
-    lock.lock_shared();
-  else
-    lock.lock();
-  ipltest::helper_say("locked");
-  std::string line;
-  if (!ipltest::helper_hear(&line) || line != "release") return 1;
-  if (args.at(1) == "shared")
-    lock.unlock_shared();
-  else
-    lock.unlock();
-  ipltest::helper_say("released");
-  ipltest::helper_hear(&line);  // stay until the test is done with us
-  return 0;
-}
-
-// Says "waiting", blocks in process_lock::lock(), says "locked", then
-// releases when told and says "released".
-IPL_TEST_HELPER(wrapper_wait_lock) {
-  ipl::process_lock lock(args.at(0));
-  ipltest::helper_say("waiting");
-  lock.lock();
-  ipltest::helper_say("locked");
-  std::string line;
-  if (!ipltest::helper_hear(&line) || line != "release") return 1;
-  lock.unlock();
-  ipltest::helper_say("released");
-  ipltest::helper_hear(&line);
-  return 0;
-}
+// "The lock held (or waited for) in another process" is the shared
+// ipltest::lock_agent (test_support.hpp) throughout this file.
 
 // Says "trying", makes the timed call named args[1] on the lock file
 // args[0], then says "true", "false" or "error <status>".
@@ -1053,31 +1024,31 @@ TEST(WrapperDecorator, TwoThreadsCallingTheSameCallable) {
 // no kernel lock at all), and a blocking lock() that returns before the
 // other process lets go.
 TEST(WrapperProcess, ProcessLockExcludesAHelperProcess) {
+  using ipltest::lock_mode;
   temp_dir dir;
   const std::string path = dir.path("lock");
   ipl::process_lock lock(path);
 
   {
-    child_process holder = child_process::helper("wrapper_hold", {path, "exclusive"});
-    ASSERT_TRUE(holder.expect_line("locked"));
+    ipltest::lock_agent holder(path);
+    ASSERT_TRUE(holder.hold(lock_mode::exclusive));
     EXPECT_FALSE(lock.try_lock());
     const auto start = steady::now();
     EXPECT_FALSE(lock.try_lock_for(100ms));
     EXPECT_GE(steady::now() - start, 100ms);
-    holder.write_line("release");
-    ASSERT_TRUE(holder.expect_line("released"));
+    ASSERT_EQ(holder.release(lock_mode::exclusive), IPL_OK);
     EXPECT_TRUE(lock.try_lock());
   }
 
-  // We hold; the helper blocks in lock() until we unlock.
-  child_process waiter = child_process::helper("wrapper_wait_lock", {path});
-  ASSERT_TRUE(waiter.expect_line("waiting"));
-  EXPECT_TRUE(waiter.silent_for(300ms)) << "the helper got the lock we hold";
+  // We hold; the agent blocks in a wait without a limit until we unlock.
+  ipltest::lock_agent waiter(path);
+  ASSERT_TRUE(waiter.started());
+  ASSERT_EQ(waiter.wait(lock_mode::exclusive, IPL_WAIT_FOREVER), ipltest::kWaiting);
+  EXPECT_TRUE(waiter.silent_for(300ms)) << "the agent got the lock we hold";
   lock.unlock();
-  ASSERT_TRUE(waiter.expect_line("locked"));
+  ASSERT_EQ(waiter.reply(), IPL_OK);
   EXPECT_FALSE(lock.try_lock());
-  waiter.write_line("release");
-  ASSERT_TRUE(waiter.expect_line("released"));
+  ASSERT_EQ(waiter.release(lock_mode::exclusive), IPL_OK);
   EXPECT_TRUE(lock.try_lock());
   lock.unlock();
 }
@@ -1089,15 +1060,13 @@ TEST(WrapperProcess, SharedAcrossProcessesAndReleasedOnKill) {
   const std::string path = dir.path("lock");
   ipl::shared_process_lock lock(path);
 
-  child_process reader = child_process::helper("wrapper_hold", {path, "shared"});
-  ASSERT_TRUE(reader.expect_line("locked"));
+  ipltest::lock_agent reader(path);
+  ASSERT_TRUE(reader.hold(ipltest::lock_mode::shared));
   EXPECT_TRUE(lock.try_lock_shared());
   lock.unlock_shared();
   EXPECT_FALSE(lock.try_lock());
 
-  reader.send_signal(SIGKILL);
-  const int status = reader.wait();
-  EXPECT_EQ(ipltest::describe_status(status), -1000 - SIGKILL);
+  EXPECT_EQ(reader.kill_and_reap(), -1000 - SIGKILL);
   const auto start = steady::now();
   EXPECT_TRUE(lock.try_lock_for(kBound));
   EXPECT_LT(steady::now() - start, kBound);
@@ -1372,6 +1341,44 @@ int third_try(const std::string &path, lock_kind mode) {
   return ipltest::try_from_other_process(path, mode);
 }
 
+// A thread that is always joined, also when an ASSERT or an exception
+// leaves the test early: on the way out `rescue` is called every
+// millisecond until the thread has ended (e.g. a cancel()), and after
+// kBound `last_resort` once (e.g. the holder's release).
+class rescued_thread {
+ public:
+  template <class Body>
+  rescued_thread(Body body, std::function<void()> rescue, std::function<void()> last_resort)
+      : rescue_(std::move(rescue)), last_resort_(std::move(last_resort)),
+        thread_([this, body]() mutable {
+          body();
+          done_.store(true);
+        }) {}
+  ~rescued_thread() {
+    const auto start = steady::now();
+    bool last_used = false;
+    while (!done_.load()) {
+      try {
+        if (!last_used && steady::now() - start > kBound) {
+          last_used = true;
+          last_resort_();
+        }
+        rescue_();
+      } catch (...) {
+      }
+      std::this_thread::sleep_for(1ms);
+    }
+    thread_.join();
+  }
+  bool done() const { return done_.load(); }
+
+ private:
+  std::function<void()> rescue_;
+  std::function<void()> last_resort_;
+  std::atomic<bool> done_{false};
+  std::thread thread_;
+};
+
 // Runs `blocking` (a call that should end by throwing ipl::error) in a thread
 // and, from this thread, calls `cancel` every millisecond from `after` on
 // until it returns. If it is still running after kBound, `rescue` (e.g. the
@@ -1388,6 +1395,7 @@ canceled_call cancel_while_waiting(Blocking blocking, Cancel cancel, Rescue resc
   canceled_call result;
   std::promise<int> ended;
   std::future<int> status = ended.get_future();
+  std::atomic<steady::rep> ended_at{0};
   std::thread waiter([&] {
     int seen = IPL_OK;
     try {
@@ -1395,11 +1403,12 @@ canceled_call cancel_while_waiting(Blocking blocking, Cancel cancel, Rescue resc
     } catch (const ipl::error &e) {
       seen = e.status();
     }
+    ended_at.store(steady::now().time_since_epoch().count());
     ended.set_value(seen);
   });
   std::this_thread::sleep_for(after);  // a window: the call is waiting by now
   const auto first_cancel = steady::now();
-  while (status.wait_for(1ms) != std::future_status::ready) {
+  do {
     if (steady::now() - first_cancel > kBound) {
       result.rescued = true;
       rescue();
@@ -1407,17 +1416,20 @@ canceled_call cancel_while_waiting(Blocking blocking, Cancel cancel, Rescue resc
       break;
     }
     cancel();
-  }
-  result.latency =
-      std::chrono::duration_cast<std::chrono::microseconds>(steady::now() - first_cancel);
+  } while (status.wait_for(1ms) != std::future_status::ready);
   waiter.join();
+  result.latency = std::chrono::duration_cast<std::chrono::microseconds>(
+      steady::time_point(steady::duration(ended_at.load())) - first_cancel);
   result.status = status.get();
   return result;
 }
 
 // Catches: a state mapped onto the wrong lock_state, a holder's pid dropped
 // (or -1 turned into a pid), find_holder = false still asking for one, the
-// object's own lock counted as someone else's.
+// object's own lock counted as someone else's. Windows (ipl.h, ipl_query):
+// the state only (holder_pid -1: no pid), and a query while this object
+// holds the lock shared is IPL_E_UNSUPPORTED (the probe cannot tell its
+// shared lock from another's); the failed query keeps that lock.
 TEST(WrapperQuery, ReportsWhoElseHoldsTheLockAndHow) {
   temp_dir dir;
   const std::string path = dir.path("lock");
@@ -1432,19 +1444,35 @@ TEST(WrapperQuery, ReportsWhoElseHoldsTheLockAndHow) {
   ASSERT_EQ(agent.acquire(lock_kind::exclusive, 0), IPL_OK);
   seen = lock.query();
   EXPECT_EQ(seen.state, ipl::lock_state::exclusive);
+#ifdef _WIN32
+  (void)agent_pid;
+  EXPECT_FALSE(seen.holder_pid.has_value()) << "Windows cannot tell a holder's pid";
+#else
   EXPECT_EQ(seen.holder_pid.value_or(-1), agent_pid);
+#endif
   seen = lock.query(false);
   EXPECT_EQ(seen.state, ipl::lock_state::exclusive);
   EXPECT_FALSE(seen.holder_pid.has_value()) << "find_holder = false looked one up";
   ASSERT_EQ(agent.release(lock_kind::exclusive), IPL_OK);
 
   ASSERT_EQ(agent.acquire(lock_kind::shared, 0), IPL_OK);
+#ifdef _WIN32
+  seen = lock.query();
+  EXPECT_EQ(seen.state, ipl::lock_state::shared);
+  EXPECT_FALSE(seen.holder_pid.has_value()) << "Windows cannot tell a holder's pid";
+  ASSERT_TRUE(lock.try_lock_shared());
+  EXPECT_TRUE(throws_status(IPL_E_UNSUPPORTED, [&] { lock.query(); }));
+  ASSERT_EQ(agent.release(lock_kind::shared), IPL_OK);
+  EXPECT_TRUE(throws_status(IPL_E_UNSUPPORTED, [&] { lock.query(false); }));
+  EXPECT_EQ(third_try(path, lock_kind::exclusive), IPL_E_TIMEOUT) << "a failed query dropped it";
+#else
   ASSERT_TRUE(lock.try_lock_shared());
   seen = lock.query();
   EXPECT_EQ(seen.state, ipl::lock_state::shared);
   EXPECT_EQ(seen.holder_pid.value_or(-1), agent_pid);
   ASSERT_EQ(agent.release(lock_kind::shared), IPL_OK);
   EXPECT_EQ(lock.query().state, ipl::lock_state::free) << "its own shared lock counted";
+#endif
   lock.unlock_shared();
 
   ipl::process_lock exclusive(path);
@@ -1459,6 +1487,8 @@ TEST(WrapperQuery, ReportsWhoElseHoldsTheLockAndHow) {
 // the rescue), IPL_E_CANCELED from a timed wait reported as false ("held
 // elsewhere"), a canceled lock() marked as taken (a later unlock() must
 // still throw IPL_E_NOT_HELD), an error without the std::errc condition.
+// On Windows a forever wait is a blocking LockFileEx that cancel() cannot
+// end (README, "Cancel"): there the timed waits (which poll) are canceled.
 TEST(WrapperCancel, CancelFromAnotherThreadEndsTheWaitWithCanceled) {
   temp_dir dir;
   const std::string path = dir.path("lock");
@@ -1466,7 +1496,12 @@ TEST(WrapperCancel, CancelFromAnotherThreadEndsTheWaitWithCanceled) {
   ASSERT_TRUE(agent.started());
   ASSERT_EQ(agent.acquire(lock_kind::exclusive, 0), IPL_OK);
   ipl::process_lock lock(path);
-  for (const bool timed : {false, true}) {
+#ifdef _WIN32
+  const bool waits_timed[] = {true};
+#else
+  const bool waits_timed[] = {false, true};
+#endif
+  for (const bool timed : waits_timed) {
     SCOPED_TRACE(timed ? "try_lock_for(kBound)" : "lock()");
     bool returned_false = false;
     const canceled_call call = cancel_while_waiting(
@@ -1501,8 +1536,13 @@ TEST(WrapperCancel, CancelFromAnotherThreadEndsTheWaitWithCanceled) {
       }
     });
     try {
+#ifdef _WIN32
+      const bool got = rw.try_lock_shared_for(kBound);
+      ADD_FAILURE() << "try_lock_shared_for() returned " << got << " instead of throwing";
+#else
       rw.lock_shared();
       ADD_FAILURE() << "lock_shared() returned while another process held the lock";
+#endif
     } catch (const ipl::error &e) {
       EXPECT_EQ(e.status(), IPL_E_CANCELED);
       EXPECT_EQ(e.code(), std::errc::operation_canceled);
@@ -1572,7 +1612,11 @@ TEST(WrapperUpgrade, DowngradeLetsReadersInAndKeepsWritersOut) {
 // Catches: an upgrade that does not wait for the other readers (or never
 // ends once they leave), a timeout reported as an exception or a wait cut
 // short, a failed upgrade that drops the shared lock, held-mode tracking
-// not following a successful upgrade.
+// not following a successful upgrade. Windows has no atomic upgrade
+// (ipl.h, ipl_upgrade: IPL_E_UNSUPPORTED): there it catches an upgrade
+// attempted anyway (it would wait for its own shared lock), a form that
+// turns the status into false or waits, and a failure that drops the
+// shared lock or changes the held mode.
 TEST(WrapperUpgrade, UpgradeWaitsForOtherReadersAndKeepsTheSharedLockOnFailure) {
   temp_dir dir;
   const std::string path = dir.path("lock");
@@ -1582,6 +1626,29 @@ TEST(WrapperUpgrade, UpgradeWaitsForOtherReadersAndKeepsTheSharedLockOnFailure) 
   ASSERT_TRUE(reader.started());
   ASSERT_EQ(reader.acquire(lock_kind::shared, 0), IPL_OK);
   rw.lock_shared();
+#ifdef _WIN32
+  auto start = steady::now();
+  EXPECT_TRUE(throws_status(IPL_E_UNSUPPORTED, [&] { rw.try_upgrade(); }));
+  EXPECT_TRUE(throws_status(IPL_E_UNSUPPORTED, [&] { rw.try_upgrade_for(kBound); }));
+  EXPECT_TRUE(throws_status(IPL_E_UNSUPPORTED, [&] {
+    rw.try_upgrade_until(std::chrono::system_clock::now() + kBound);
+  }));
+  EXPECT_LT(steady::now() - start, 1000ms) << "an upgrade waited";
+  EXPECT_EQ(third_try(path, lock_kind::shared), IPL_OK);
+  EXPECT_EQ(third_try(path, lock_kind::exclusive), IPL_E_TIMEOUT) << "a failed upgrade dropped it";
+  // Alone, with no reader to wait for (so a forever upgrade that was
+  // attempted after all would return instead of hanging): the same.
+  ASSERT_EQ(reader.release(lock_kind::shared), IPL_OK);
+  start = steady::now();
+  EXPECT_TRUE(throws_status(IPL_E_UNSUPPORTED, [&] { rw.upgrade(); }));
+  EXPECT_TRUE(throws_status(IPL_E_UNSUPPORTED, [&] { rw.try_upgrade(); }));
+  EXPECT_LT(steady::now() - start, 1000ms) << "an upgrade waited";
+  EXPECT_EQ(third_try(path, lock_kind::shared), IPL_OK);
+  EXPECT_EQ(third_try(path, lock_kind::exclusive), IPL_E_TIMEOUT) << "a failed upgrade dropped it";
+  EXPECT_TRUE(throws_status(IPL_E_NOT_HELD, [&] { rw.unlock(); })) << "held mode changed";
+  rw.unlock_shared();
+  EXPECT_EQ(third_try(path, lock_kind::exclusive), IPL_OK);
+#else
   EXPECT_FALSE(rw.try_upgrade());
   auto start = steady::now();
   EXPECT_FALSE(rw.try_upgrade_for(200ms));
@@ -1600,9 +1667,16 @@ TEST(WrapperUpgrade, UpgradeWaitsForOtherReadersAndKeepsTheSharedLockOnFailure) 
     reader.release(lock_kind::shared);
   });
   start = steady::now();
-  const bool upgraded = rw.try_upgrade_for(kBound);
+  bool upgraded = false;
+  int threw = IPL_OK;
+  try {
+    upgraded = rw.try_upgrade_for(kBound);
+  } catch (const ipl::error &e) {
+    threw = e.status();
+  }
   waited = steady::now() - start;
   leaver.join();
+  ASSERT_EQ(threw, IPL_OK);
   ASSERT_TRUE(upgraded);
   EXPECT_LT(waited, kBound);
   EXPECT_EQ(third_try(path, lock_kind::shared), IPL_E_TIMEOUT) << "not exclusive after upgrade";
@@ -1610,13 +1684,16 @@ TEST(WrapperUpgrade, UpgradeWaitsForOtherReadersAndKeepsTheSharedLockOnFailure) 
   EXPECT_TRUE(throws_status(IPL_E_NOT_HELD, [&] { rw.upgrade(); }));
   rw.unlock();
   EXPECT_EQ(third_try(path, lock_kind::exclusive), IPL_OK);
+#endif
 }
 
 // Catches: two upgraders that wait for each other for ever (the second
 // must throw IPL_E_WOULD_DEADLOCK at once, from upgrade() and from the
 // timed forms, which must not turn it into false), the loser's shared lock
 // dropped, and cancel() not ending a waiting upgrade (which then keeps its
-// shared lock).
+// shared lock). On Windows no upgrade waits (IPL_E_UNSUPPORTED, ipl.h), so
+// two upgraders cannot deadlock and cancel() has no upgrade to end: both
+// must get IPL_E_UNSUPPORTED at once and keep their shared locks.
 TEST(WrapperUpgrade, SecondUpgraderThrowsWouldDeadlockAndCancelEndsAnUpgrade) {
   temp_dir dir;
   const std::string path = dir.path("lock");
@@ -1624,17 +1701,34 @@ TEST(WrapperUpgrade, SecondUpgraderThrowsWouldDeadlockAndCancelEndsAnUpgrade) {
   ipl::shared_process_lock second(path);
   first.lock_shared();
   second.lock_shared();
+#ifdef _WIN32
+  for (ipl::shared_process_lock *upgrader : {&first, &second}) {
+    const auto start = steady::now();
+    EXPECT_TRUE(throws_status(IPL_E_UNSUPPORTED, [&] { upgrader->try_upgrade_for(kBound); }));
+    EXPECT_TRUE(throws_status(IPL_E_UNSUPPORTED, [&] { upgrader->try_upgrade(); }));
+    EXPECT_LT(steady::now() - start, 1000ms) << "an upgrade waited";
+    upgrader->cancel();  // no wait in progress: nothing to do
+  }
+  EXPECT_EQ(third_try(path, lock_kind::shared), IPL_OK);
+  EXPECT_EQ(third_try(path, lock_kind::exclusive), IPL_E_TIMEOUT);
+  second.unlock_shared();
+  EXPECT_EQ(third_try(path, lock_kind::exclusive), IPL_E_TIMEOUT) << "shared lock lost";
+  first.unlock_shared();
+  EXPECT_EQ(third_try(path, lock_kind::exclusive), IPL_OK);
+#else
   std::promise<int> first_result;
   std::future<int> first_done = first_result.get_future();
-  std::thread upgrader([&] {
-    int status = IPL_OK;
-    try {
-      first.upgrade();  // waits for `second` to leave
-    } catch (const ipl::error &e) {
-      status = e.status();
-    }
-    first_result.set_value(status);
-  });
+  const rescued_thread upgrader(
+      [&] {
+        int status = IPL_OK;
+        try {
+          first.upgrade();  // waits for `second` to leave
+        } catch (const ipl::error &e) {
+          status = e.status();
+        }
+        first_result.set_value(status);
+      },
+      [&] { first.cancel(); }, [&] { second.unlock_shared(); });
   // Until `first` waits, `second` just sees another reader (false).
   int seen = IPL_OK;
   const auto deadline = steady::now() + kBound;
@@ -1658,7 +1752,6 @@ TEST(WrapperUpgrade, SecondUpgraderThrowsWouldDeadlockAndCancelEndsAnUpgrade) {
   EXPECT_EQ(first_done.wait_for(0ms), std::future_status::timeout) << "upgraded beside a reader";
   second.unlock_shared();  // the loser lets go, so the winner finishes
   ASSERT_EQ(first_done.wait_for(kBound), std::future_status::ready);
-  upgrader.join();
   EXPECT_EQ(first_done.get(), IPL_OK);
   EXPECT_EQ(third_try(path, lock_kind::shared), IPL_E_TIMEOUT);
   first.unlock();
@@ -1677,6 +1770,7 @@ TEST(WrapperUpgrade, SecondUpgraderThrowsWouldDeadlockAndCancelEndsAnUpgrade) {
   EXPECT_EQ(third_try(path, lock_kind::exclusive), IPL_E_TIMEOUT) << "shared lock lost";
   first.unlock_shared();
   EXPECT_EQ(third_try(path, lock_kind::exclusive), IPL_OK);
+#endif
 }
 
 // Catches: remove() that leaves the file, that keeps the lock, that a
@@ -1701,6 +1795,12 @@ TEST(WrapperRemove, RemovesTheFileReleasesAndLeavesTheGuardQuiet) {
   EXPECT_EQ(stat(path.c_str(), &info), 0);
   EXPECT_EQ(third_try(path, lock_kind::shared), IPL_E_TIMEOUT);
   lock.unlock();
+#ifdef _WIN32
+  // Without POSIX delete semantics (Wine, older Windows) a deleted file
+  // stays at its path while any handle has it open (README, "Windows"):
+  // for rw.remove() below to take it away, rw's must be the only one.
+  lock.close();
+#endif
 
   ipl::shared_process_lock rw(path);
   rw.lock_shared();
@@ -1986,3 +2086,223 @@ TEST(WrapperDecoratorNesting, AForkedChildWaitsForItsParentsCall) {
 
 }  // namespace
 #endif  // !_WIN32
+
+// ---- check(), from_fd() and IPL_OPEN_INHERITABLE (libipl 0.2.0) -----------------
+// from_fd() and IPL_OPEN_INHERITABLE need Linux OFD locks: on the classic
+// backend (IPL_POSIX_LOCK_KIND "classic") they throw IPL_E_UNSUPPORTED, and
+// these tests expect exactly that there. Windows refuses both and ignores
+// create_mode (ipl.h): the WrapperOpenFd tests there expect exactly that.
+namespace {
+
+// Catches: check() that does not reach ipl_check (no IPL_E_LOST when the
+// path names another file now), and a guard whose unlock() after the loss
+// throws IPL_E_NOT_HELD (in a destructor: std::terminate); also a lock
+// object that cannot lock again afterwards.
+TEST(WrapperCheck, LostLockThrowsLostAndTheGuardLetsGoQuietly) {
+  temp_dir dir;
+#ifdef _WIN32
+  // On Windows only the path is checked (ipl.h). The path must stop naming
+  // the open, locked file: Wine keeps a deleted file at its path and
+  // nothing renames over an open file there, but the folder above can be
+  // moved away (src/win32_lockfileex.cpp, "What Wine 8 does differently").
+  const std::string folder = dir.path("locks");
+  const std::string path = folder + "/lock";
+#else
+  const std::string path = dir.path("lock");
+#endif
+  ipl::shared_process_lock rw(path);
+  EXPECT_TRUE(throws_status(IPL_E_NOT_HELD, [&] { rw.check(); }));
+  for (const bool shared : {false, true}) {
+    SCOPED_TRACE(shared ? "shared" : "exclusive");
+    {
+      std::unique_lock<ipl::shared_process_lock> writing(rw, std::defer_lock);
+      std::shared_lock<ipl::shared_process_lock> reading(rw, std::defer_lock);
+      if (shared)
+        reading.lock();
+      else
+        writing.lock();
+      rw.check();
+#ifdef _WIN32
+      std::error_code moved;
+      std::filesystem::rename(folder, folder + (shared ? ".old-shared" : ".old-exclusive"), moved);
+      ASSERT_FALSE(moved) << moved.message();
+#else
+      ASSERT_EQ(unlink(path.c_str()), 0);
+#endif
+      EXPECT_TRUE(throws_status(IPL_E_LOST, [&] { rw.check(); }));
+    }  // the guard's unlock after the loss: nothing to do, no throw
+    ASSERT_TRUE(rw.try_lock());
+    EXPECT_EQ(ipltest::try_from_other_process(path, ipltest::lock_mode::shared), IPL_E_TIMEOUT);
+    rw.unlock();
+  }
+  ipl::process_lock lock(path);
+  EXPECT_TRUE(throws_status(IPL_E_NOT_HELD, [&] { lock.check(); }));
+  lock.lock();
+  lock.check();
+  lock.unlock();
+  EXPECT_TRUE(throws_status(IPL_E_INVALID, [] { ipl::process_lock().check(); }));
+}
+
+#ifdef _WIN32
+// Catches: IPL_OPEN_INHERITABLE accepted on Windows, whose locks belong to a
+// handle, not to a descriptor a child could inherit (ipl.h:
+// IPL_E_UNSUPPORTED, and nothing is created), or dropped by the wrapper
+// (the open would then succeed).
+TEST(WrapperOpenFd, InheritableFlagIsUnsupportedOnWindows) {
+  temp_dir dir;
+  const std::string path = dir.path("sub/lock");
+  EXPECT_TRUE(throws_status(IPL_E_UNSUPPORTED,
+                            [&] { ipl::process_lock(path, IPL_OPEN_INHERITABLE); }));
+  EXPECT_TRUE(throws_status(IPL_E_UNSUPPORTED,
+                            [&] { ipl::shared_process_lock(path, IPL_OPEN_INHERITABLE); }));
+  EXPECT_FALSE(std::filesystem::exists(dir.path("sub"))) << "a refused open created something";
+}
+
+// Catches: from_fd() accepted on Windows (ipl.h: IPL_E_UNSUPPORTED whatever
+// fd is, after the argument checks), or a refused one that locked anything.
+TEST(WrapperOpenFd, FromFdIsUnsupportedOnWindows) {
+  temp_dir dir;
+  const std::string path = dir.path("lock");
+  EXPECT_TRUE(throws_status(IPL_E_INVALID, [] { ipl::process_lock::from_fd(-1); }));
+  const int fd = _open(path.c_str(), _O_RDWR | _O_CREAT | _O_BINARY, _S_IREAD | _S_IWRITE);
+  ASSERT_GE(fd, 0);
+  EXPECT_TRUE(throws_status(IPL_E_UNSUPPORTED, [&] { ipl::process_lock::from_fd(fd); }));
+  EXPECT_TRUE(throws_status(IPL_E_UNSUPPORTED, [&] { ipl::shared_process_lock::from_fd(fd); }));
+  EXPECT_EQ(third_try(path, lock_kind::exclusive), IPL_OK) << "a refused from_fd() locked it";
+  _close(fd);
+  EXPECT_TRUE(throws_status(IPL_E_UNSUPPORTED, [&] { ipl::process_lock::from_fd(fd); }))
+      << "a closed descriptor";
+}
+
+// Catches: create_mode not checked on Windows (01000 must be IPL_E_INVALID
+// before anything is created), or not ignored otherwise: a file created
+// with mode 0 or 0400 must still take an exclusive lock (it inherits its
+// folder's ACL; ipl.h, ipl_open_mode).
+TEST(WrapperOpenFd, CreateModeIsCheckedAndIgnoredOnWindows) {
+  temp_dir dir;
+  const std::string path = dir.path("sub/lock");
+  ipl::process_lock lock(path, 0, 0);
+  ipl::shared_process_lock rw(dir.path("rw.lock"), 0, 0400);
+  EXPECT_TRUE(std::filesystem::is_regular_file(path));
+  ASSERT_TRUE(lock.try_lock());
+  EXPECT_EQ(third_try(path, lock_kind::shared), IPL_E_TIMEOUT);
+  lock.unlock();
+  ASSERT_TRUE(rw.try_lock());
+  EXPECT_EQ(third_try(dir.path("rw.lock"), lock_kind::shared), IPL_E_TIMEOUT);
+  rw.unlock();
+  EXPECT_TRUE(throws_status(IPL_E_INVALID, [&] { ipl::process_lock(dir.path("x"), 0, 01000); }));
+  EXPECT_FALSE(std::filesystem::exists(dir.path("x"))) << "a refused create_mode created the file";
+}
+#else
+bool ofd_locks() { return std::string(IPL_POSIX_LOCK_KIND) == "ofd"; }
+
+// The descriptor flags of this process's descriptor of `path` (the only one
+// open), or -1 when there is none.
+int descriptor_flags_of(const std::string &path) {
+  struct stat wanted {};
+  if (stat(path.c_str(), &wanted) != 0) return -1;
+  for (int fd = 3; fd < 1024; ++fd) {
+    struct stat info {};
+    if (fstat(fd, &info) == 0 && info.st_dev == wanted.st_dev && info.st_ino == wanted.st_ino)
+      return fcntl(fd, F_GETFD);
+  }
+  return -1;
+}
+
+// Catches: a wrapper that drops IPL_OPEN_INHERITABLE (the descriptor would
+// stay close-on-exec) or passes it by default (every descriptor would leak
+// into exec'd children); on the classic backend, anything but
+// IPL_E_UNSUPPORTED. (Inheritance across exec itself: tests/test_beyond.cpp
+// and the bindings' tests, with real processes.)
+TEST(WrapperOpenFd, InheritableFlagReachesTheDescriptor) {
+  temp_dir dir;
+  const std::string path = dir.path("lock");
+  if (!ofd_locks()) {
+    EXPECT_TRUE(throws_status(IPL_E_UNSUPPORTED,
+                              [&] { ipl::process_lock(path, IPL_OPEN_INHERITABLE); }));
+    return;
+  }
+  {
+    ipl::process_lock plain(path);
+    plain.lock();
+    const int flags = descriptor_flags_of(path);
+    ASSERT_GE(flags, 0);
+    EXPECT_NE(flags & FD_CLOEXEC, 0);
+  }
+  ipl::shared_process_lock inheritable(path, IPL_OPEN_INHERITABLE);
+  inheritable.lock_shared();
+  const int flags = descriptor_flags_of(path);
+  ASSERT_GE(flags, 0);
+  EXPECT_EQ(flags & FD_CLOEXEC, 0);
+  inheritable.unlock_shared();
+}
+
+// Catches: from_fd() locking anything but the descriptor's open file
+// description (a child's lock on it would end with the child), an object
+// that cannot release a lock the description held before it existed
+// (unlock() would throw IPL_E_NOT_HELD and the lock would stay), remove()
+// not refusing a handle without a path, errors without their status; on
+// the classic backend, anything but IPL_E_UNSUPPORTED.
+TEST(WrapperOpenFd, FromFdLocksTheOpenFileDescription) {
+  temp_dir dir;
+  const std::string path = dir.path("lock");
+  EXPECT_TRUE(throws_status(IPL_E_INVALID, [] { ipl::process_lock::from_fd(-1); }));
+  const int fd = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0666);
+  ASSERT_GE(fd, 0);
+  if (!ofd_locks()) {
+    EXPECT_TRUE(throws_status(IPL_E_UNSUPPORTED, [&] { ipl::process_lock::from_fd(fd); }));
+    EXPECT_TRUE(throws_status(IPL_E_UNSUPPORTED, [&] { ipl::shared_process_lock::from_fd(fd); }));
+    close(fd);
+    return;
+  }
+  {
+    ipl::process_lock lock = ipl::process_lock::from_fd(fd);
+    EXPECT_EQ(lock.path(), "");
+    ASSERT_TRUE(lock.try_lock());
+    EXPECT_TRUE(held_by_someone(path, "from_fd lock held"));
+    const ipl::query_result seen = ipl::process_lock(path).query();
+    EXPECT_EQ(seen.state, ipl::lock_state::exclusive);
+    EXPECT_EQ(seen.holder_pid, std::optional<std::int64_t>(getpid()));
+    lock.check();
+    EXPECT_TRUE(throws_status(IPL_E_UNSUPPORTED, [&] { lock.remove(); }));
+    lock.unlock();
+    EXPECT_TRUE(free_for_all(path, "after unlock"));
+  }
+  // A forked child locks the description and exits without releasing: the
+  // lock is the description's, which this process still has open.
+  const pid_t child = fork_running([fd] {
+    ipl_lock *handle = nullptr;
+    if (ipl_open_fd(fd, 0, &handle, nullptr) != IPL_OK) return 1;
+    return ipl_acquire(handle, 0) == IPL_OK ? 0 : 2;  // no close: _exit
+  });
+  ASSERT_EQ(wait_for_child(child), 0);
+  EXPECT_TRUE(held_by_someone(path, "after the child that locked the description died"));
+  {
+    ipl::shared_process_lock adopted = ipl::shared_process_lock::from_fd(fd);
+    adopted.check();
+    adopted.unlock();  // the exclusive lock the description held
+  }
+  EXPECT_TRUE(free_for_all(path, "after the adopted lock's unlock"));
+  close(fd);
+  EXPECT_TRUE(throws_status(IPL_E_OS, [&] { ipl::process_lock::from_fd(fd); }));
+}
+
+// Catches: the create_mode constructors not reaching ipl_open_mode (the
+// umask would decide) and a mode above 0777 accepted.
+TEST(WrapperOpenFd, CreateModeIsExactWhateverTheUmask) {
+  temp_dir dir;
+  const std::string path = dir.path("sub/lock");
+  const mode_t old_mask = umask(077);
+  ipl::process_lock lock(path, 0, 0664);
+  ipl::shared_process_lock rw(dir.path("rw.lock"), 0, 0640);
+  umask(old_mask);
+  struct stat info {};
+  ASSERT_EQ(stat(path.c_str(), &info), 0);
+  EXPECT_EQ(info.st_mode & 0777, 0664u);
+  ASSERT_EQ(stat(dir.path("rw.lock").c_str(), &info), 0);
+  EXPECT_EQ(info.st_mode & 0777, 0640u);
+  EXPECT_TRUE(throws_status(IPL_E_INVALID, [&] { ipl::process_lock(dir.path("x"), 0, 01000); }));
+}
+#endif  // _WIN32
+
+}  // namespace

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // fork() without exec, and descriptor hygiene (POSIX only).
 //
 // A lock belongs to the process that took it: a forked child inherits

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // The lockfs test filesystem itself (tests/fuse/lockfs.c) and its mount
 // harness, with raw fcntl only (no libipl): what later FUSE tests rely on.
 //

@@ -163,8 +163,10 @@ TEST_P(fuse_wait_test, LongTimedWaitQueuesNoSignals) {
   waiting.store(false);
   sampler.join();
   EXPECT_EQ(status, IPL_E_TIMEOUT) << status_text(status);
-  // Other processes of the user may queue a signal now and then.
-  EXPECT_LE(most - before, 1) << "signals queued while waiting: " << most - before;
+  // SigQ counts the whole user's queued signals, and other processes of the
+  // user (Wine, a debugger) queue some now and then; a waiter that re-sends
+  // its signal every millisecond queues ~1500 in this wait.
+  EXPECT_LE(most - before, 10) << "signals queued while waiting: " << most - before;
 }
 
 // Catches: forever waits broken by the change (they must still wait, and

@@ -1,241 +1,51 @@
+// SPDX-License-Identifier: MIT
 // Interop: libipl and Python's fasteners on the same lock file.
 //
 // fasteners runs for real, in a Python process (tests/fasteners_peer.py, run
 // with $IPL_FASTENERS_PYTHON). libipl runs either in this process or, when a
-// test needs a libipl call that waits, in a helper process
-// (interop_libipl_peer below) that speaks the same line protocol, so that a
-// wait that never ends fails the test after kBound instead of hanging it.
-//
-// The protocol (see fasteners_peer.py): the peer prints "ready", then answers
-// "acquire KIND MODE" with "locked T" / "busy T" / "waiting T" (then "locked T"
-// or "timeout T"), and "release" with "released T". T is CLOCK_MONOTONIC in
-// nanoseconds, the same clock in every process, which lets a test check that
-// a waiter got the lock only after the holder let go — exactly, without
-// sleeping.
+// test needs a libipl call that waits, in a lock agent (test_support.hpp), so
+// that a wait that never ends fails the test after kBound instead of hanging
+// it. The fasteners peer speaks the lock agent's protocol: the tests drive
+// both peers through one class, ipltest::lock_agent. Its "wait" command says
+// "waiting" once the peer has found the lock held, and every answer carries
+// T, CLOCK_MONOTONIC in nanoseconds, the same clock in every process, which
+// lets a test check that a waiter got the lock only after the holder let go —
+// exactly, without sleeping.
 //
 // If the interpreter cannot import fasteners these tests FAIL on purpose: a
 // skipped interop test would hide a broken CI setup.
 #include <fcntl.h>
 #include <signal.h>
-#include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <cstdint>
 #include <cstdlib>
-#include <optional>
-#include <sstream>
+#include <exception>
 #include <string>
-#include <utility>
-#include <vector>
 
 #include <gtest/gtest.h>
 #include <ipl/ipl.h>
 
 #include "test_support.hpp"
 
+#ifndef IPL_TESTS_SOURCE_DIR
+#error "tests/meson.build must define IPL_TESTS_SOURCE_DIR (the absolute path of tests/)"
+#endif
+
 namespace {
 
 using namespace ipltest;
-
-int64_t monotonic_ns() {
-  timespec ts{};
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return int64_t(ts.tv_sec) * 1000000000 + ts.tv_nsec;
-}
-
-std::vector<std::string> split_words(const std::string &line) {
-  std::istringstream in(line);
-  std::vector<std::string> words;
-  std::string word;
-  while (in >> word) words.push_back(word);
-  return words;
-}
 
 std::string fasteners_python() {
   const char *python = getenv("IPL_FASTENERS_PYTHON");
   return python && *python ? python : "/usr/bin/python3";
 }
 
-// Empty when the build did not say where the test sources are.
-std::string fasteners_peer_script() {
-#ifdef IPL_TESTS_SOURCE_DIR
-  return std::string(IPL_TESTS_SOURCE_DIR) + "/fasteners_peer.py";
-#else
-  return "";
-#endif
-}
-
-// One answer of a peer: "WORD T" (T = monotonic ns), or anything else as is.
-struct reply {
-  std::string line;
-  std::string word;
-  int64_t at_ns = -1;
-};
-
-// A fasteners or libipl process holding (or waiting for) locks on one file.
-class peer {
- public:
-  static peer fasteners(const std::string &lock_path) {
-    const std::string script = fasteners_peer_script();
-    if (script.empty()) {
-      return peer("fasteners peer",
-                  "IPL_TESTS_SOURCE_DIR is not defined for the test binary; "
-                  "tests/meson.build must pass it (the absolute path of tests/)");
-    }
-    return peer("fasteners peer (" + fasteners_python() + ")",
-                {fasteners_python(), script, lock_path}, false);
-  }
-
-  static peer libipl(const std::string &lock_path) {
-    return peer("libipl peer", {lock_path}, true);
-  }
-
-  // The peer's first line: "ready" once it has imported fasteners / opened
-  // the lock file. Anything else (an "error ..." line, EOF) fails here with
-  // the peer's own words.
-  testing::AssertionResult ready() { return expect("ready"); }
-
-  // Sends `command` and checks the first word of the answer.
-  testing::AssertionResult ask(const std::string &command,
-                               const std::string &expected_word,
-                               reply *got = nullptr) {
-    send(command);
-    return expect(expected_word, got);
-  }
-
-  // Checks the first word of the next answer.
-  testing::AssertionResult expect(const std::string &expected_word,
-                                  reply *got = nullptr) {
-    if (!process_) return testing::AssertionFailure() << name_ << ": " << start_error_;
-    reply answer;
-    if (!process_->read_line(&answer.line, kBound)) {
-      return testing::AssertionFailure()
-             << name_ << ": expected \"" << expected_word
-             << "\", got EOF or nothing within " << kBound.count() << " ms";
-    }
-    const std::vector<std::string> words = split_words(answer.line);
-    if (!words.empty()) answer.word = words[0];
-    if (words.size() == 2 && answer.word != "error") answer.at_ns = std::stoll(words[1]);
-    if (got) *got = answer;
-    if (answer.word != expected_word) {
-      return testing::AssertionFailure() << name_ << ": expected \"" << expected_word
-                                         << "\", got \"" << answer.line << "\"";
-    }
-    return testing::AssertionSuccess();
-  }
-
-  // True when the peer says nothing (not even EOF) for `window`.
-  bool quiet_for(std::chrono::milliseconds window) {
-    return process_ && process_->silent_for(window);
-  }
-
-  void send(const std::string &command) {
-    if (process_) process_->write_line(command);
-  }
-
-  // SIGKILLs the peer and reaps it; returns describe_status() of its end.
-  int kill_and_reap() {
-    if (!process_) return -1;
-    process_->send_signal(SIGKILL);
-    return describe_status(process_->wait(kBound));
-  }
-
- private:
-  peer(std::string name, std::string start_error)
-      : name_(std::move(name)), start_error_(std::move(start_error)) {}
-
-  peer(std::string name, const std::vector<std::string> &args, bool is_helper)
-      : name_(std::move(name)) {
-    try {
-      process_.emplace(is_helper ? child_process::helper("interop_libipl_peer", args)
-                                 : child_process::program(args));
-    } catch (const std::exception &failure) {
-      start_error_ = std::string("could not start: ") + failure.what();
-    }
-  }
-
-  std::string name_;
-  std::optional<child_process> process_;
-  std::string start_error_;
-};
-
-// ---- The libipl side of the protocol, in a helper process ----------------
-
-int acquire_kind(ipl_lock *lock, const std::string &kind, int64_t timeout_ms) {
-  if (kind == "read") return ipl_acquire_read(lock, timeout_ms);
-  if (kind == "write") return ipl_acquire_write(lock, timeout_ms);
-  return ipl_acquire(lock, timeout_ms);
-}
-
-int release_kind(ipl_lock *lock, const std::string &kind) {
-  if (kind == "read") return ipl_release_read(lock);
-  if (kind == "write") return ipl_release_write(lock);
-  return ipl_release(lock);
-}
-
-void say_at(const std::string &word) {
-  helper_say(word + " " + std::to_string(monotonic_ns()));
-}
-
-// args: LOCK_PATH. KIND exclusive / read / write maps to ipl_acquire /
-// ipl_acquire_read / ipl_acquire_write; MODE try / block / timeout=MS to a
-// timeout of 0 / IPL_WAIT_FOREVER / MS.
-IPL_TEST_HELPER(interop_libipl_peer) {
-  if (args.size() != 1) return 2;
-  ipl_lock *lock = nullptr;
-  const int opened = ipl_open(args[0].c_str(), 0, &lock);
-  if (opened != IPL_OK) {
-    helper_say(std::string("error ipl_open: ") + ipl_strerror(opened));
-    return 1;
-  }
-  helper_say("ready");
-  std::string held_kind;  // empty: holds nothing
-  std::string command;
-  while (helper_hear(&command)) {
-    const std::vector<std::string> words = split_words(command);
-    if (words.size() == 3 && words[0] == "acquire") {
-      const std::string &kind = words[1];
-      const std::string &mode = words[2];
-      int64_t timeout_ms = 0;
-      if (mode == "block") {
-        timeout_ms = IPL_WAIT_FOREVER;
-      } else if (mode.rfind("timeout=", 0) == 0) {
-        timeout_ms = std::stoll(mode.substr(8));
-      } else if (mode != "try") {
-        helper_say("error unknown mode: " + mode);
-        continue;
-      }
-      int status = acquire_kind(lock, kind, 0);
-      if (status == IPL_E_TIMEOUT && timeout_ms != 0) {
-        say_at("waiting");
-        status = acquire_kind(lock, kind, timeout_ms);
-      }
-      if (status == IPL_OK) {
-        held_kind = kind;
-        say_at("locked");
-      } else if (status == IPL_E_TIMEOUT) {
-        say_at(timeout_ms == 0 ? "busy" : "timeout");
-      } else {
-        helper_say(std::string("error acquire: ") + ipl_strerror(status));
-      }
-    } else if (command == "release") {
-      const int64_t released_at = monotonic_ns();
-      const int status = release_kind(lock, held_kind);
-      if (status == IPL_OK) {
-        held_kind.clear();
-        helper_say("released " + std::to_string(released_at));
-      } else {
-        helper_say(std::string("error release: ") + ipl_strerror(status));
-      }
-    } else if (command == "exit") {
-      break;
-    } else {
-      helper_say("error unknown command: " + command);
-    }
-  }
-  ipl_close(lock);
-  return 0;
+// A fasteners process on `lock_path`, driven as a lock agent.
+lock_agent fasteners_peer(const std::string &lock_path) {
+  return lock_agent::program(
+      {fasteners_python(), std::string(IPL_TESTS_SOURCE_DIR) + "/fasteners_peer.py", lock_path},
+      "fasteners peer (" + fasteners_python() + ")");
 }
 
 // Prints the first fcntl record lock that blocks a whole-file write lock on
@@ -289,14 +99,21 @@ struct open_lock {
 
 // ---- Setup ------------------------------------------------------------
 
-// Catches a CI setup whose interpreter lacks fasteners (or a missing
-// IPL_TESTS_SOURCE_DIR): every other Interop test would fail too, this one
-// says why in one line.
+// Catches a CI setup whose interpreter lacks fasteners (or cannot be
+// started): every other Interop test would fail too, this one says why in
+// one line.
 TEST(InteropSetup, FastenersPeerStartsAndImportsFasteners) {
   temp_dir dir;
-  peer py = peer::fasteners(dir.path("lock"));
-  ASSERT_TRUE(py.ready()) << "set IPL_FASTENERS_PYTHON (meson option fasteners_python) "
-                             "to a Python 3 with fasteners; CI installs python3-fasteners";
+  bool started = false;
+  try {
+    lock_agent py = fasteners_peer(dir.path("lock"));
+    started = py.started();
+  } catch (const std::exception &failure) {
+    ADD_FAILURE() << "fasteners peer (" << fasteners_python()
+                  << "): could not start: " << failure.what();
+  }
+  ASSERT_TRUE(started) << "set IPL_FASTENERS_PYTHON (meson option fasteners_python) "
+                          "to a Python 3 with fasteners; CI installs python3-fasteners";
 }
 
 // ---- The record on the file is the one fasteners takes ----------------
@@ -306,16 +123,16 @@ TEST(InteropSetup, FastenersPeerStartsAndImportsFasteners) {
 TEST(InteropLockRecord, ExclusiveIsTheRecordFastenersTakes) {
   temp_dir dir;
   const std::string path = dir.path("lock");
-  peer py = peer::fasteners(path);
-  ASSERT_TRUE(py.ready());
+  lock_agent py = fasteners_peer(path);
+  ASSERT_TRUE(py.started());
   std::string fasteners_record;
-  for (const char *kind : {"exclusive", "write"}) {
-    SCOPED_TRACE(kind);
-    ASSERT_TRUE(py.ask(std::string("acquire ") + kind + " try", "locked"));
+  for (lock_mode mode : {lock_mode::exclusive, lock_mode::write}) {
+    SCOPED_TRACE(mode_name(mode));
+    ASSERT_EQ(py.acquire(mode, 0), IPL_OK);
     const std::string record = probe_lock_record(path);
     if (fasteners_record.empty()) fasteners_record = record;
     EXPECT_EQ(record, fasteners_record) << "fasteners' two exclusive kinds differ";
-    ASSERT_TRUE(py.ask("release", "released"));
+    ASSERT_EQ(py.release(mode), IPL_OK);
   }
   ASSERT_EQ(fasteners_record, "write 0 0");  // whole file, as documented
 
@@ -339,11 +156,10 @@ TEST(InteropLockRecord, ExclusiveIsTheRecordFastenersTakes) {
 TEST(InteropLockRecord, SharedIsTheRecordFastenersTakesButTheUpgradeByte) {
   temp_dir dir;
   const std::string path = dir.path("lock");
-  peer py = peer::fasteners(path);
-  ASSERT_TRUE(py.ready());
-  ASSERT_TRUE(py.ask("acquire read try", "locked"));
+  lock_agent py = fasteners_peer(path);
+  ASSERT_TRUE(py.hold(lock_mode::shared));
   const std::string fasteners_record = probe_lock_record(path);
-  ASSERT_TRUE(py.ask("release", "released"));
+  ASSERT_EQ(py.release(lock_mode::shared), IPL_OK);
   ASSERT_EQ(fasteners_record, "read 0 0");  // whole file, as documented
 
   open_lock mine(path);
@@ -363,8 +179,8 @@ TEST(InteropLibiplHolds, FastenersCannotTakeAnyKindUntilRelease) {
   const std::string path = dir.path("lock");
   open_lock mine(path);
   ASSERT_EQ(mine.status, IPL_OK);
-  peer py = peer::fasteners(path);
-  ASSERT_TRUE(py.ready());
+  lock_agent py = fasteners_peer(path);
+  ASSERT_TRUE(py.started());
 
   struct exclusive_api {
     const char *name;
@@ -376,18 +192,18 @@ TEST(InteropLibiplHolds, FastenersCannotTakeAnyKindUntilRelease) {
                                                  ipl_release_write}}) {
     SCOPED_TRACE(api.name);
     ASSERT_EQ(api.acquire(mine.lock, 0), IPL_OK);
-    EXPECT_TRUE(py.ask("acquire exclusive try", "busy"));
-    EXPECT_TRUE(py.ask("acquire write try", "busy"));
-    EXPECT_TRUE(py.ask("acquire read try", "busy"));
+    EXPECT_EQ(py.acquire(lock_mode::exclusive, 0), IPL_E_TIMEOUT);
+    EXPECT_EQ(py.acquire(lock_mode::write, 0), IPL_E_TIMEOUT);
+    EXPECT_EQ(py.acquire(lock_mode::shared, 0), IPL_E_TIMEOUT);
     // fasteners' own timed wait gives up too.
-    EXPECT_TRUE(py.ask("acquire exclusive timeout=200", "waiting"));
-    EXPECT_TRUE(py.expect("timeout"));
+    EXPECT_EQ(py.wait(lock_mode::exclusive, 200), kWaiting);
+    EXPECT_EQ(py.reply(), IPL_E_TIMEOUT);
     ASSERT_EQ(api.release(mine.lock), IPL_OK);
 
-    for (const char *kind : {"exclusive", "write", "read"}) {
-      SCOPED_TRACE(kind);
-      EXPECT_TRUE(py.ask(std::string("acquire ") + kind + " try", "locked"));
-      ASSERT_TRUE(py.ask("release", "released"));
+    for (lock_mode mode : kAllModes) {
+      SCOPED_TRACE(mode_name(mode));
+      EXPECT_EQ(py.acquire(mode, 0), IPL_OK);
+      ASSERT_EQ(py.release(mode), IPL_OK);
     }
   }
 }
@@ -401,15 +217,15 @@ TEST(InteropFastenersHolds, LibiplCannotTakeAnyModeUntilRelease) {
   const std::string path = dir.path("lock");
   open_lock mine(path);
   ASSERT_EQ(mine.status, IPL_OK);
-  peer py = peer::fasteners(path);
-  ASSERT_TRUE(py.ready());
-  for (const char *kind : {"exclusive", "write"}) {
-    SCOPED_TRACE(kind);
-    ASSERT_TRUE(py.ask(std::string("acquire ") + kind + " try", "locked"));
+  lock_agent py = fasteners_peer(path);
+  ASSERT_TRUE(py.started());
+  for (lock_mode held : {lock_mode::exclusive, lock_mode::write}) {
+    SCOPED_TRACE(mode_name(held));
+    ASSERT_EQ(py.acquire(held, 0), IPL_OK);
     EXPECT_EQ(ipl_acquire(mine.lock, 0), IPL_E_TIMEOUT);
     EXPECT_EQ(ipl_acquire_write(mine.lock, 0), IPL_E_TIMEOUT);
     EXPECT_EQ(ipl_acquire_read(mine.lock, 0), IPL_E_TIMEOUT);
-    ASSERT_TRUE(py.ask("release", "released"));
+    ASSERT_EQ(py.release(held), IPL_OK);
     ASSERT_EQ(ipl_acquire(mine.lock, 0), IPL_OK);
     ASSERT_EQ(ipl_release(mine.lock), IPL_OK);
   }
@@ -420,18 +236,16 @@ TEST(InteropFastenersHolds, LibiplCannotTakeAnyModeUntilRelease) {
 TEST(InteropFastenersHolds, LibiplTimedWaitTimesOutWhileHeld) {
   temp_dir dir;
   const std::string path = dir.path("lock");
-  peer py = peer::fasteners(path);
-  ASSERT_TRUE(py.ready());
-  ASSERT_TRUE(py.ask("acquire exclusive try", "locked"));
-  peer waiter = peer::libipl(path);
-  ASSERT_TRUE(waiter.ready());
-  reply started;
-  reply gave_up;
-  ASSERT_TRUE(waiter.ask("acquire exclusive timeout=300", "waiting", &started));
-  ASSERT_TRUE(waiter.expect("timeout", &gave_up));
-  EXPECT_GE(gave_up.at_ns - started.at_ns, int64_t(300) * 1000000);
-  ASSERT_TRUE(waiter.ask("acquire read timeout=100", "waiting"));
-  ASSERT_TRUE(waiter.expect("timeout"));
+  lock_agent py = fasteners_peer(path);
+  ASSERT_TRUE(py.hold(lock_mode::exclusive));
+  lock_agent waiter(path);
+  ASSERT_TRUE(waiter.started());
+  ASSERT_EQ(waiter.wait(lock_mode::exclusive, 300), kWaiting);
+  const int64_t started_ns = waiter.stamp_ns();
+  ASSERT_EQ(waiter.reply(), IPL_E_TIMEOUT);
+  EXPECT_GE(waiter.stamp_ns() - started_ns, int64_t(300) * 1000000);
+  ASSERT_EQ(waiter.wait(lock_mode::shared, 100), kWaiting);
+  ASSERT_EQ(waiter.reply(), IPL_E_TIMEOUT);
 }
 
 // How long a waiter must stay quiet while the lock is still held elsewhere: a
@@ -439,46 +253,44 @@ TEST(InteropFastenersHolds, LibiplTimedWaitTimesOutWhileHeld) {
 constexpr std::chrono::milliseconds kQuietWindow = 150ms;
 
 // `waiter` (libipl) has answered "waiting" for a lock that `holder`
-// (fasteners) holds. Checks that the waiter stays quiet while the lock is
-// held, then gets it after the holder releases — stamped after the release.
-void release_and_expect_handoff(peer &holder, peer &waiter) {
-  EXPECT_TRUE(waiter.quiet_for(kQuietWindow))
+// (fasteners) holds in `held`. Checks that the waiter stays quiet while the
+// lock is held, then gets it after the holder releases — stamped after the
+// release.
+void release_and_expect_handoff(lock_agent &holder, lock_mode held, lock_agent &waiter) {
+  EXPECT_TRUE(waiter.silent_for(kQuietWindow))
       << "the libipl waiter answered while fasteners still held the lock";
-  reply released;
-  reply locked;
-  ASSERT_TRUE(holder.ask("release", "released", &released));
-  ASSERT_TRUE(waiter.expect("locked", &locked));
-  EXPECT_GT(locked.at_ns, released.at_ns) << "libipl got the lock before fasteners let go";
+  ASSERT_EQ(holder.release(held), IPL_OK);
+  const int64_t released_at = holder.stamp_ns();
+  ASSERT_EQ(waiter.reply(), IPL_OK);
+  EXPECT_GT(waiter.stamp_ns(), released_at) << "libipl got the lock before fasteners let go";
 }
 
-// libipl waits (timed or forever) while fasteners holds: it must get the
-// lock, and only after fasteners let go.
-void libipl_wait_gets_lock_after_fasteners_release(const std::string &fasteners_kind,
-                                                   const std::string &libipl_command) {
+// libipl waits (timed or forever) while fasteners holds the exclusive lock:
+// it must get the lock, and only after fasteners let go.
+void libipl_wait_gets_lock_after_fasteners_release(int64_t libipl_timeout_ms) {
   temp_dir dir;
   const std::string path = dir.path("lock");
-  peer py = peer::fasteners(path);
-  ASSERT_TRUE(py.ready());
-  ASSERT_TRUE(py.ask("acquire " + fasteners_kind + " try", "locked"));
-  peer waiter = peer::libipl(path);
-  ASSERT_TRUE(waiter.ready());
-  ASSERT_TRUE(waiter.ask(libipl_command, "waiting"));
-  ASSERT_NO_FATAL_FAILURE(release_and_expect_handoff(py, waiter));
+  lock_agent py = fasteners_peer(path);
+  ASSERT_TRUE(py.hold(lock_mode::exclusive));
+  lock_agent waiter(path);
+  ASSERT_TRUE(waiter.started());
+  ASSERT_EQ(waiter.wait(lock_mode::exclusive, libipl_timeout_ms), kWaiting);
+  ASSERT_NO_FATAL_FAILURE(release_and_expect_handoff(py, lock_mode::exclusive, waiter));
   // The waiter really holds it now: fasteners cannot take it.
-  EXPECT_TRUE(py.ask("acquire exclusive try", "busy"));
-  EXPECT_TRUE(py.ask("acquire read try", "busy"));
+  EXPECT_EQ(py.acquire(lock_mode::exclusive, 0), IPL_E_TIMEOUT);
+  EXPECT_EQ(py.acquire(lock_mode::shared, 0), IPL_E_TIMEOUT);
 }
 
 // Catches a timed wait that misses the release (returns IPL_E_TIMEOUT) or
 // returns IPL_OK without the lock.
 TEST(InteropFastenersHolds, LibiplTimedWaitGetsLockAfterRelease) {
-  libipl_wait_gets_lock_after_fasteners_release("exclusive", "acquire exclusive timeout=5000");
+  libipl_wait_gets_lock_after_fasteners_release(5000);
 }
 
 // Catches a forever wait that never wakes for a fasteners release (fails at
 // kBound), or returns IPL_OK without the lock.
 TEST(InteropFastenersHolds, LibiplForeverWaitGetsLockAfterRelease) {
-  libipl_wait_gets_lock_after_fasteners_release("exclusive", "acquire exclusive block");
+  libipl_wait_gets_lock_after_fasteners_release(IPL_WAIT_FOREVER);
 }
 
 // ---- Reader-writer -------------------------------------------------------
@@ -487,9 +299,8 @@ TEST(InteropFastenersHolds, LibiplForeverWaitGetsLockAfterRelease) {
 TEST(InteropSharedLocks, FastenersReadThenLibiplReadCoexist) {
   temp_dir dir;
   const std::string path = dir.path("lock");
-  peer py = peer::fasteners(path);
-  ASSERT_TRUE(py.ready());
-  ASSERT_TRUE(py.ask("acquire read try", "locked"));
+  lock_agent py = fasteners_peer(path);
+  ASSERT_TRUE(py.hold(lock_mode::shared));
   open_lock mine(path);
   ASSERT_EQ(mine.status, IPL_OK);
   EXPECT_EQ(ipl_acquire_read(mine.lock, 0), IPL_OK);
@@ -503,10 +314,10 @@ TEST(InteropSharedLocks, LibiplReadThenFastenersReadCoexist) {
   open_lock mine(path);
   ASSERT_EQ(mine.status, IPL_OK);
   ASSERT_EQ(ipl_acquire_read(mine.lock, 0), IPL_OK);
-  peer py = peer::fasteners(path);
-  ASSERT_TRUE(py.ready());
-  EXPECT_TRUE(py.ask("acquire read try", "locked"));
-  EXPECT_TRUE(py.ask("release", "released"));
+  lock_agent py = fasteners_peer(path);
+  ASSERT_TRUE(py.started());
+  EXPECT_EQ(py.acquire(lock_mode::shared, 0), IPL_OK);
+  EXPECT_EQ(py.release(lock_mode::shared), IPL_OK);
 }
 
 // Catches a libipl write lock that is really shared, or that does not see
@@ -514,21 +325,20 @@ TEST(InteropSharedLocks, LibiplReadThenFastenersReadCoexist) {
 TEST(InteropSharedLocks, FastenersReadBlocksLibiplWrite) {
   temp_dir dir;
   const std::string path = dir.path("lock");
-  peer py = peer::fasteners(path);
-  ASSERT_TRUE(py.ready());
-  ASSERT_TRUE(py.ask("acquire read try", "locked"));
+  lock_agent py = fasteners_peer(path);
+  ASSERT_TRUE(py.hold(lock_mode::shared));
   {
     open_lock mine(path);
     ASSERT_EQ(mine.status, IPL_OK);
     EXPECT_EQ(ipl_acquire_write(mine.lock, 0), IPL_E_TIMEOUT);
     EXPECT_EQ(ipl_acquire(mine.lock, 0), IPL_E_TIMEOUT);
   }
-  peer waiter = peer::libipl(path);
-  ASSERT_TRUE(waiter.ready());
-  ASSERT_TRUE(waiter.ask("acquire write block", "waiting"));
-  ASSERT_NO_FATAL_FAILURE(release_and_expect_handoff(py, waiter));
+  lock_agent waiter(path);
+  ASSERT_TRUE(waiter.started());
+  ASSERT_EQ(waiter.wait(lock_mode::write, IPL_WAIT_FOREVER), kWaiting);
+  ASSERT_NO_FATAL_FAILURE(release_and_expect_handoff(py, lock_mode::shared, waiter));
   // The waiter really holds a write lock now: fasteners cannot even read.
-  EXPECT_TRUE(py.ask("acquire read try", "busy"));
+  EXPECT_EQ(py.acquire(lock_mode::shared, 0), IPL_E_TIMEOUT);
 }
 
 // Catches a libipl read lock that is no lock at all (or flock(2)), and a
@@ -539,16 +349,15 @@ TEST(InteropSharedLocks, LibiplReadBlocksFastenersWrite) {
   open_lock mine(path);
   ASSERT_EQ(mine.status, IPL_OK);
   ASSERT_EQ(ipl_acquire_read(mine.lock, 0), IPL_OK);
-  peer py = peer::fasteners(path);
-  ASSERT_TRUE(py.ready());
-  EXPECT_TRUE(py.ask("acquire write try", "busy"));
-  EXPECT_TRUE(py.ask("acquire exclusive try", "busy"));
-  ASSERT_TRUE(py.ask("acquire write block", "waiting"));
-  const int64_t released_at = monotonic_ns();
+  lock_agent py = fasteners_peer(path);
+  ASSERT_TRUE(py.started());
+  EXPECT_EQ(py.acquire(lock_mode::write, 0), IPL_E_TIMEOUT);
+  EXPECT_EQ(py.acquire(lock_mode::exclusive, 0), IPL_E_TIMEOUT);
+  ASSERT_EQ(py.wait(lock_mode::write, IPL_WAIT_FOREVER), kWaiting);
+  const int64_t released_at = lock_agent::clock_ns();
   ASSERT_EQ(ipl_release_read(mine.lock), IPL_OK);
-  reply locked;
-  ASSERT_TRUE(py.expect("locked", &locked));
-  EXPECT_GT(locked.at_ns, released_at);
+  ASSERT_EQ(py.reply(), IPL_OK);
+  EXPECT_GT(py.stamp_ns(), released_at);
 }
 
 // Catches a libipl read that does not see fasteners' write lock, and a read
@@ -556,46 +365,52 @@ TEST(InteropSharedLocks, LibiplReadBlocksFastenersWrite) {
 TEST(InteropSharedLocks, FastenersWriteBlocksLibiplRead) {
   temp_dir dir;
   const std::string path = dir.path("lock");
-  peer py = peer::fasteners(path);
-  ASSERT_TRUE(py.ready());
-  ASSERT_TRUE(py.ask("acquire write try", "locked"));
+  lock_agent py = fasteners_peer(path);
+  ASSERT_TRUE(py.hold(lock_mode::write));
   {
     open_lock mine(path);
     ASSERT_EQ(mine.status, IPL_OK);
     EXPECT_EQ(ipl_acquire_read(mine.lock, 0), IPL_E_TIMEOUT);
   }
-  peer waiter = peer::libipl(path);
-  ASSERT_TRUE(waiter.ready());
-  ASSERT_TRUE(waiter.ask("acquire read block", "waiting"));
-  ASSERT_NO_FATAL_FAILURE(release_and_expect_handoff(py, waiter));
+  lock_agent waiter(path);
+  ASSERT_TRUE(waiter.started());
+  ASSERT_EQ(waiter.wait(lock_mode::shared, IPL_WAIT_FOREVER), kWaiting);
+  ASSERT_NO_FATAL_FAILURE(release_and_expect_handoff(py, lock_mode::write, waiter));
   // A shared holder still lets fasteners read, and still keeps its writer out.
-  EXPECT_TRUE(py.ask("acquire read try", "locked"));
-  EXPECT_TRUE(py.ask("release", "released"));
-  EXPECT_TRUE(py.ask("acquire write try", "busy"));
+  EXPECT_EQ(py.acquire(lock_mode::shared, 0), IPL_OK);
+  EXPECT_EQ(py.release(lock_mode::shared), IPL_OK);
+  EXPECT_EQ(py.acquire(lock_mode::write, 0), IPL_E_TIMEOUT);
 }
 
 // ---- fasteners waits for libipl --------------------------------------------
 
 // Catches a libipl lock fasteners does not see (its first try would succeed,
-// no "waiting"), and a release that does not unlock (no "locked" in kBound).
+// no "waiting"), and a release that does not unlock (no IPL_OK in kBound).
 TEST(InteropFastenersWaits, BlockingAcquireGetsLockOnlyAfterLibiplReleases) {
   temp_dir dir;
   const std::string path = dir.path("lock");
   open_lock mine(path);
   ASSERT_EQ(mine.status, IPL_OK);
-  peer py = peer::fasteners(path);
-  ASSERT_TRUE(py.ready());
-  for (const char *command : {"acquire exclusive block", "acquire write block",
-                              "acquire read block", "acquire exclusive timeout=10000"}) {
-    SCOPED_TRACE(command);
+  lock_agent py = fasteners_peer(path);
+  ASSERT_TRUE(py.started());
+  struct fasteners_wait {
+    lock_mode mode;
+    int64_t timeout_ms;
+  };
+  const fasteners_wait waits[] = {{lock_mode::exclusive, IPL_WAIT_FOREVER},
+                                  {lock_mode::write, IPL_WAIT_FOREVER},
+                                  {lock_mode::shared, IPL_WAIT_FOREVER},
+                                  {lock_mode::exclusive, 10000}};
+  for (const fasteners_wait &wait : waits) {
+    SCOPED_TRACE(std::string("wait ") + mode_name(wait.mode) + " " +
+                 std::to_string(wait.timeout_ms));
     ASSERT_EQ(ipl_acquire(mine.lock, 0), IPL_OK);
-    ASSERT_TRUE(py.ask(command, "waiting"));
-    const int64_t released_at = monotonic_ns();
+    ASSERT_EQ(py.wait(wait.mode, wait.timeout_ms), kWaiting);
+    const int64_t released_at = lock_agent::clock_ns();
     ASSERT_EQ(ipl_release(mine.lock), IPL_OK);
-    reply locked;
-    ASSERT_TRUE(py.expect("locked", &locked));
-    EXPECT_GT(locked.at_ns, released_at);
-    ASSERT_TRUE(py.ask("release", "released"));
+    ASSERT_EQ(py.reply(), IPL_OK);
+    EXPECT_GT(py.stamp_ns(), released_at);
+    ASSERT_EQ(py.release(wait.mode), IPL_OK);
   }
 }
 
@@ -608,11 +423,10 @@ TEST(InteropCrash, KilledFastenersHolderFreesLockForLibipl) {
   const std::string path = dir.path("lock");
   open_lock mine(path);
   ASSERT_EQ(mine.status, IPL_OK);
-  for (const char *kind : {"exclusive", "read"}) {
-    SCOPED_TRACE(kind);
-    peer py = peer::fasteners(path);
-    ASSERT_TRUE(py.ready());
-    ASSERT_TRUE(py.ask(std::string("acquire ") + kind + " try", "locked"));
+  for (lock_mode held : {lock_mode::exclusive, lock_mode::shared}) {
+    SCOPED_TRACE(mode_name(held));
+    lock_agent py = fasteners_peer(path);
+    ASSERT_TRUE(py.hold(held));
     ASSERT_EQ(ipl_acquire(mine.lock, 0), IPL_E_TIMEOUT);
     ASSERT_EQ(py.kill_and_reap(), -1000 - SIGKILL);
     // The kernel closes a process's files before its parent can reap it.
@@ -625,34 +439,32 @@ TEST(InteropCrash, KilledFastenersHolderFreesLockForLibipl) {
 TEST(InteropCrash, KilledFastenersHolderWakesLibiplWaiter) {
   temp_dir dir;
   const std::string path = dir.path("lock");
-  peer py = peer::fasteners(path);
-  ASSERT_TRUE(py.ready());
-  ASSERT_TRUE(py.ask("acquire write try", "locked"));
-  peer waiter = peer::libipl(path);
-  ASSERT_TRUE(waiter.ready());
-  ASSERT_TRUE(waiter.ask("acquire exclusive block", "waiting"));
-  EXPECT_TRUE(waiter.quiet_for(kQuietWindow))
+  lock_agent py = fasteners_peer(path);
+  ASSERT_TRUE(py.hold(lock_mode::write));
+  lock_agent waiter(path);
+  ASSERT_TRUE(waiter.started());
+  ASSERT_EQ(waiter.wait(lock_mode::exclusive, IPL_WAIT_FOREVER), kWaiting);
+  EXPECT_TRUE(waiter.silent_for(kQuietWindow))
       << "the libipl waiter answered while fasteners still held the lock";
   ASSERT_EQ(py.kill_and_reap(), -1000 - SIGKILL);
-  ASSERT_TRUE(waiter.expect("locked"));
+  ASSERT_EQ(waiter.reply(), IPL_OK);
   // The waiter really holds it: a new fasteners process cannot take it.
-  peer another_py = peer::fasteners(path);
-  ASSERT_TRUE(another_py.ready());
-  EXPECT_TRUE(another_py.ask("acquire read try", "busy"));
+  lock_agent another_py = fasteners_peer(path);
+  ASSERT_TRUE(another_py.started());
+  EXPECT_EQ(another_py.acquire(lock_mode::shared, 0), IPL_E_TIMEOUT);
 }
 
 // Catches a libipl lock that outlives its SIGKILLed holder process.
 TEST(InteropCrash, KilledLibiplHolderFreesLockForFasteners) {
   temp_dir dir;
   const std::string path = dir.path("lock");
-  peer holder = peer::libipl(path);
-  ASSERT_TRUE(holder.ready());
-  ASSERT_TRUE(holder.ask("acquire exclusive try", "locked"));
-  peer py = peer::fasteners(path);
-  ASSERT_TRUE(py.ready());
-  ASSERT_TRUE(py.ask("acquire exclusive try", "busy"));
+  lock_agent holder(path);
+  ASSERT_TRUE(holder.hold(lock_mode::exclusive));
+  lock_agent py = fasteners_peer(path);
+  ASSERT_TRUE(py.started());
+  ASSERT_EQ(py.acquire(lock_mode::exclusive, 0), IPL_E_TIMEOUT);
   ASSERT_EQ(holder.kill_and_reap(), -1000 - SIGKILL);
-  EXPECT_TRUE(py.ask("acquire exclusive try", "locked"));
+  EXPECT_EQ(py.acquire(lock_mode::exclusive, 0), IPL_OK);
 }
 
 }  // namespace

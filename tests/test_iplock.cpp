@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // Iplock: the iplock command-line tool (tools/iplock.c), run as a real
 // process ($IPL_IPLOCK) against other iplocks and against Python's fasteners.
 //
@@ -10,6 +11,11 @@
 // Lock holders run a helper of this binary as iplock's COMMAND: it says
 // "ready" once it runs (so the lock is held) and waits for a line from the
 // test, which reaches it through iplock's inherited stdin.
+//
+// Descriptor mode (`iplock 9`), -F and a lock that outlives a killed iplock
+// need open-file-description locks: the classic build (kOfdBuild false)
+// refuses the first two with exit 71, and there the lock dies with iplock,
+// as iplock(1) documents; those tests check that instead.
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -35,7 +41,11 @@ namespace {
 using namespace ipltest;
 using clock_type = std::chrono::steady_clock;
 
-const int kForwardedSignals[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
+// The signals that end iplock's wait for the lock (and that it forwards to
+// nobody while the command runs).
+const int kWaitSignals[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
+
+const bool kOfdBuild = std::string(IPL_POSIX_LOCK_KIND) == "ofd";
 
 // ---- Helpers (child side) ---------------------------------------------------
 
@@ -69,35 +79,59 @@ IPL_TEST_HELPER(iplock_wait_for_line) {
   return helper_hear(&line) ? 0 : 3;
 }
 
-volatile sig_atomic_t received_signal = 0;
-void record_signal(int sig) { received_signal = sig; }
+volatile sig_atomic_t signals_received = 0;
+void count_signal(int) { signals_received = signals_received + 1; }
 
-// args: SIGNAL. Catches SIGNAL, says "ready", then "got N" when a signal
-// arrives and exits 0 (3 if none comes within kBound).
-IPL_TEST_HELPER(iplock_report_signal) {
+// args: SIGNAL. Counts deliveries of SIGNAL, says "ready", then answers
+// "report" with "count N" and ends (exit 0) at "exit" (3 on EOF/timeout).
+IPL_TEST_HELPER(iplock_count_signals) {
   if (args.size() != 1) return 90;
   const int sig = std::atoi(args[0].c_str());
   struct sigaction action {};
-  action.sa_handler = record_signal;
+  action.sa_handler = count_signal;
+  action.sa_flags = SA_RESTART;
   sigemptyset(&action.sa_mask);
   if (sigaction(sig, &action, nullptr) != 0) return 91;
   helper_say("ready");
-  const auto deadline = clock_type::now() + kBound;
-  while (received_signal == 0 && clock_type::now() < deadline)
-    std::this_thread::sleep_for(2ms);
-  if (received_signal == 0) return 3;
-  helper_say("got " + std::to_string(received_signal));
-  return 0;
+  std::string line;
+  while (helper_hear(&line)) {
+    if (line == "report") helper_say("count " + std::to_string(signals_received));
+    if (line == "exit") return 0;
+  }
+  return 3;
 }
 
-// Prints the state of the forwarded signals as this process found it:
+// args: PATH. Says "pid P fds N" (N: its open descriptors on the file at
+// PATH), then exits 0 when the test writes a line (3 on EOF/timeout).
+IPL_TEST_HELPER(iplock_probe_command) {
+  if (args.size() != 1) return 90;
+  struct stat file {};
+  if (stat(args[0].c_str(), &file) != 0) return 91;
+  int on_file = 0;
+  for (int fd = 0; fd < 1024; ++fd) {
+    struct stat st {};
+    if (fstat(fd, &st) == 0 && st.st_dev == file.st_dev && st.st_ino == file.st_ino) ++on_file;
+  }
+  helper_say("pid " + std::to_string(getpid()) + " fds " + std::to_string(on_file));
+  std::string line;
+  return helper_hear(&line) ? 0 : 3;
+}
+
+// As iplock_exec_clean, in a new process group of its own (led by iplock),
+// so that the test can signal iplock's group without signaling itself.
+IPL_TEST_HELPER(iplock_exec_in_new_group) {
+  if (setpgid(0, 0) != 0) return 94;
+  return ipl_helper_iplock_exec_clean(args);
+}
+
+// Prints the state of the wait signals as this process found it:
 // "blocked:<nums> ignored:<nums> caught:<nums>" (each list comma-separated).
 IPL_TEST_HELPER(iplock_signal_state) {
   (void)args;
   sigset_t mask;
   sigprocmask(SIG_SETMASK, nullptr, &mask);
   std::string blocked, ignored, caught;
-  for (const int sig : kForwardedSignals) {
+  for (const int sig : kWaitSignals) {
     struct sigaction action {};
     sigaction(sig, nullptr, &action);
     const std::string number = std::to_string(sig) + ",";
@@ -228,6 +262,55 @@ bool wait_until_catches(pid_t pid, int sig) {
     std::this_thread::sleep_for(2ms);
   }
   return false;
+}
+
+// Starts `iplock ARGS...` as the leader of a new process group (its pgid is
+// its pid), with a clean signal state.
+child_process start_iplock_in_new_group(const std::vector<std::string> &args) {
+  return child_process::helper("iplock_exec_in_new_group",
+                               concat({"-", "0", iplock_path()}, args));
+}
+
+// Runs /bin/sh -c SCRIPT with $1 = iplock and $2, $3, ... = ARGS: the
+// descriptor-mode idioms are shell idioms.
+child_process start_shell(const std::string &script, const std::vector<std::string> &args) {
+  return child_process::program(concat({"/bin/sh", "-c", script, "sh", iplock_path()}, args));
+}
+
+// True once the file at `path` contains `text`, within kBound.
+bool wait_for_text(const std::string &path, const std::string &text) {
+  const auto deadline = clock_type::now() + kBound;
+  while (clock_type::now() < deadline) {
+    if (read_file(path).find(text) != std::string::npos) return true;
+    std::this_thread::sleep_for(5ms);
+  }
+  return false;
+}
+
+// True once another process can take `lock` exclusive, within kBound (a
+// process that ends releases its locks a moment after its pipes close).
+bool wait_until_free(const std::string &lock) {
+  const auto deadline = clock_type::now() + kBound;
+  while (clock_type::now() < deadline) {
+    if (try_from_other_process(lock, lock_mode::exclusive) == IPL_OK) return true;
+    std::this_thread::sleep_for(10ms);
+  }
+  return false;
+}
+
+// /proc/PID/comm without its newline ("" when unreadable).
+std::string process_name(pid_t pid) {
+  std::string name = read_file("/proc/" + std::to_string(pid) + "/comm");
+  if (!name.empty() && name.back() == '\n') name.pop_back();
+  return name;
+}
+
+// The X of --verbose's "getting lock took X seconds", or -1.
+double reported_lock_seconds(const std::string &err) {
+  const std::string prefix = "getting lock took ";
+  const size_t at = err.find(prefix);
+  if (at == std::string::npos) return -1;
+  return std::atof(err.c_str() + at + prefix.size());
 }
 
 // Runs a Python snippet with fasteners; its argv[1] is `lock`.
@@ -470,6 +553,13 @@ TEST(IplockExitStatus, UsageErrorsExit64WithAMessage) {
       {"-q", lock, "touch", marker},
       {lock, "-c"},
       {lock, "-c", "touch " + marker, "extra"},
+      {"9x"},                                   // neither a descriptor nor a command
+      {"99999999999"},                          // no such descriptor number
+      {"-u", lock},                             // -u takes a descriptor
+      {"-u", lock, "touch", marker},            // -u has no command form
+      {"-F", "-o", lock, "touch", marker},      // nothing would hold the lock
+      {"--no-fork", "--close", lock, "touch", marker},
+      {"-v", lock, "touch", marker},            // flock(1) has only --verbose
   };
   for (const auto &args : bad_command_lines) {
     std::string shown;
@@ -529,9 +619,11 @@ TEST(IplockExclusion, BlockingWaiterRunsOnlyAfterHolderEnds) {
   EXPECT_EQ(describe_status(waiter.wait()), 0);
 }
 
-// Catches: the lock's descriptor leaking into the command (with OFD locks
-// a background grandchild would then keep the lock after iplock exits).
-TEST(IplockExclusion, LockIsNotInheritedByTheCommand) {
+// Catches: iplock leaving the lock to the command's background children
+// when it ends normally. The command inherits the lock's descriptor (so a
+// killed iplock does not free the lock, see IplockLifetime), and so does a
+// grandchild; iplock releases the lock itself once the command has ended.
+TEST(IplockExclusion, LockEndsWithIplockThoughABackgroundChildHasTheDescriptor) {
   temp_dir dir;
   const std::string lock = dir.path("lock");
   // The grandchild waits for a line on a copy of stdin (an asynchronous
@@ -645,35 +737,89 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(std::make_tuple(SIGTERM, ""), std::make_tuple(SIGINT, ""),
                       std::make_tuple(SIGTERM, "60"), std::make_tuple(SIGHUP, "60")));
 
-// Catches: SIGTERM not forwarded (the command would keep waiting and the
-// bounded wait fail), or its death by signal not reported as 143.
-TEST(IplockSignals, SigtermReachesTheCommandAndGives143) {
+// While the command runs, iplock forwards nothing (iplock(1), "Signals"):
+// a signal sent to the process group reaches the command once, from the
+// sender; a signal sent to iplock alone does not reach the command. iplock
+// ignores SIGINT and SIGQUIT then and waits for the command; the other four
+// end iplock, and the command keeps the lock. (These replace the old
+// "every signal sent to iplock is forwarded" tests: iplock cannot tell a
+// group signal from one sent to it alone, so forwarding is what delivered
+// group signals twice.)
+
+class IplockGroupSignal : public ::testing::TestWithParam<int> {};
+
+// Catches: a signal to the process group that iplock and its command share
+// (Ctrl-C, systemd stopping a unit) reaching the command twice (the old
+// code forwarded kill()-sent signals: count 2), iplock dying by SIGINT
+// instead of reporting the command's status, or the lock ending with iplock
+// after a group SIGTERM while the command still runs.
+TEST_P(IplockGroupSignal, ReachesTheCommandOnce) {
+  const int sig = GetParam();
   temp_dir dir;
   const std::string lock = dir.path("lock");
-  child_process iplock = start_iplock(concat({lock}, helper_command("iplock_wait_for_line")));
+  child_process iplock = start_iplock_in_new_group(
+      concat({lock}, helper_command("iplock_count_signals", {std::to_string(sig)})));
   ASSERT_TRUE(iplock.expect_line("ready"));
-  iplock.send_signal(SIGTERM);
-  EXPECT_EQ(describe_status(iplock.wait()), 128 + SIGTERM);
-  EXPECT_EQ(run_iplock(dir, {"-n", lock, "true"}).exit_code, 0);
+  ASSERT_GT(iplock.pid(), 0);
+  ASSERT_EQ(kill(-iplock.pid(), sig), 0);
+  std::this_thread::sleep_for(300ms);  // room for a second delivery
+  tell(iplock, "report");
+  {
+    std::string got;
+    EXPECT_TRUE(iplock.expect_line("count 1", kBound, &got)) << "got: " << got;
+  }
+  if (sig == SIGINT) {
+    tell(iplock, "exit");
+    EXPECT_EQ(describe_status(iplock.wait()), 0) << "iplock did not wait for the command";
+  } else {
+    EXPECT_EQ(describe_status(iplock.wait()), -1000 - sig);
+    if (kOfdBuild) {
+      EXPECT_EQ(try_from_other_process(lock, lock_mode::exclusive), IPL_E_TIMEOUT)
+          << "the lock ended with iplock while the command runs";
+    }
+    tell(iplock, "exit");
+  }
+  EXPECT_TRUE(wait_until_free(lock));
 }
 
-class IplockForwardedSignal : public ::testing::TestWithParam<int> {};
+INSTANTIATE_TEST_SUITE_P(Iplock, IplockGroupSignal, ::testing::Values(SIGINT, SIGTERM));
 
-// Catches: any of the six forwarded signals not forwarded (or forwarded as
-// another signal), or iplock ending before its command does.
-TEST_P(IplockForwardedSignal, ReachesTheCommand) {
+class IplockSignalToIplockAlone : public ::testing::TestWithParam<int> {};
+
+// Catches: a signal sent to iplock alone being forwarded (count 1; the old
+// code), SIGINT/SIGQUIT ending iplock before its command, the other four
+// not ending it, or the lock ending with iplock while the command runs.
+TEST_P(IplockSignalToIplockAlone, IsNotForwarded) {
   const int sig = GetParam();
   temp_dir dir;
   const std::string lock = dir.path("lock");
   child_process iplock = start_iplock(
-      concat({lock}, helper_command("iplock_report_signal", {std::to_string(sig)})));
+      concat({lock}, helper_command("iplock_count_signals", {std::to_string(sig)})));
   ASSERT_TRUE(iplock.expect_line("ready"));
   iplock.send_signal(sig);
-  EXPECT_TRUE(iplock.expect_line("got " + std::to_string(sig)));
-  EXPECT_EQ(describe_status(iplock.wait()), 0);
+  const bool iplock_waits = sig == SIGINT || sig == SIGQUIT;
+  if (!iplock_waits) {
+    EXPECT_EQ(describe_status(iplock.wait()), -1000 - sig);
+  } else {
+    std::this_thread::sleep_for(300ms);  // room for a forwarded signal
+  }
+  tell(iplock, "report");
+  {
+    std::string got;
+    EXPECT_TRUE(iplock.expect_line("count 0", kBound, &got)) << "got: " << got;
+  }
+  if (kOfdBuild || iplock_waits) {
+    EXPECT_EQ(try_from_other_process(lock, lock_mode::exclusive), IPL_E_TIMEOUT)
+        << "the lock ended while the command runs";
+  }
+  tell(iplock, "exit");
+  if (iplock_waits) {
+    EXPECT_EQ(describe_status(iplock.wait()), 0);
+  }
+  EXPECT_TRUE(wait_until_free(lock));
 }
 
-INSTANTIATE_TEST_SUITE_P(Iplock, IplockForwardedSignal, ::testing::ValuesIn(kForwardedSignals));
+INSTANTIATE_TEST_SUITE_P(Iplock, IplockSignalToIplockAlone, ::testing::ValuesIn(kWaitSignals));
 
 // Catches: iplock's own signal blocking or handlers leaking into the
 // command (a blocked SIGTERM would make forwarding useless).
@@ -700,6 +846,521 @@ TEST(IplockSignals, SignalIgnoredOnEntryStaysIgnoredForTheCommand) {
       run_iplock(dir, {lock, "sh", "-c", "kill -HUP $$; echo alive"}, SIGHUP);
   EXPECT_EQ(survives.exit_code, 0) << survives.err;
   EXPECT_EQ(survives.out, std::vector<std::string>{"alive"});
+}
+
+// ---- Options new in flock(1) parity ---------------------------------------------
+
+// Catches: -e unknown (64) or taken for something else than exclusive, and
+// "-s -e" not ending exclusive (the last of -s/-x/-e must win).
+TEST(IplockOptions, EIsExclusive) {
+  temp_dir dir;
+  const std::string lock = dir.path("lock");
+  lock_holder holder(lock, {"-s"});
+  ASSERT_TRUE(holder.wait_until_held());
+  EXPECT_EQ(run_iplock(dir, {"-e", "-n", lock, "true"}).exit_code, 1);
+  EXPECT_EQ(run_iplock(dir, {"-s", "-e", "-n", lock, "true"}).exit_code, 1);
+  EXPECT_EQ(run_iplock(dir, {"-e", "-s", "-n", lock, "true"}).exit_code, 0);
+  EXPECT_EQ(holder.release(), 0);
+}
+
+// Catches: any of flock(1)'s long options unknown to iplock (exit 64) or
+// mapped to the wrong short option. Each run shows the option's effect
+// against a shared holder.
+TEST(IplockOptions, EveryLongOptionOfFlock) {
+  temp_dir dir;
+  const std::string lock = dir.path("lock");
+  lock_holder holder(lock, {"-s"});
+  ASSERT_TRUE(holder.wait_until_held());
+  struct expectation {
+    std::vector<std::string> args;
+    int exit_code;
+  };
+  const std::vector<expectation> runs = {
+      {{"--shared", "--nonblock", lock, "true"}, 0},
+      {{"--exclusive", "--nonblock", lock, "true"}, 1},
+      {{"--nb", lock, "true"}, 1},
+      {{"--timeout", "0.05", lock, "true"}, 1},
+      {{"--wait", "0.05", lock, "true"}, 1},
+      {{"--conflict-exit-code", "3", "--nb", lock, "true"}, 3},
+      {{"--close", "--shared", lock, "sh", "-c", "exit 5"}, 5},
+      {{"--shared", lock, "--command", "exit 4"}, 4},
+      {{"--no-fork", "--shared", lock, "sh", "-c", "exit 6"}, kOfdBuild ? 6 : 71},
+      {{"--verbose", "--shared", lock, "true"}, 0},
+      {{"--help"}, 0},
+      {{"--version"}, 0},
+  };
+  for (const auto &run : runs) {
+    std::string shown;
+    for (const auto &arg : run.args) shown += "'" + arg + "' ";
+    const finished_run done = run_iplock(dir, run.args);
+    EXPECT_EQ(done.exit_code, run.exit_code) << shown << done.err;
+  }
+  const finished_run help = run_iplock(dir, {"--help"});
+  std::string text;
+  for (const auto &line : help.out) text += line + "\n";
+  for (const char *option : {"--shared", "--exclusive", "--unlock", "--nonblock", "--nb",
+                             "--timeout", "--wait", "--conflict-exit-code", "--close",
+                             "--command", "--no-fork", "--verbose", "--help", "--version",
+                             "-e", "-F", "-u"})
+    EXPECT_NE(text.find(option), std::string::npos) << option << " missing from --help";
+  EXPECT_EQ(holder.release(), 0);
+}
+
+// ---- Descriptor mode --------------------------------------------------------------
+// `( iplock -n 9 || exit 1; critical work ) 9>LOCK`: the lock is taken on
+// the shell's descriptor 9 and outlives iplock, until `iplock -u 9` or
+// until the shell closes the descriptor.
+
+// The script of a subshell that locks descriptor 9 (opened by REDIRECTION
+// on $2), says "locked", waits for a line, then says "done".
+std::string hold_descriptor_script(const std::string &options, const std::string &redirection) {
+  return "( \"$1\" " + options + " 9 || { echo \"exit $?\"; exit 1; }; echo locked; read line; "
+         "echo done ) " + redirection + "\"$2\"";
+}
+
+// The line a subshell prints after `iplock OPTIONS 9` with descriptor 9
+// opened by REDIRECTION on LOCK: "exit N".
+std::string descriptor_mode_exit(const std::string &options, const std::string &redirection,
+                                 const std::string &lock) {
+  child_process shell =
+      start_shell("( \"$1\" " + options + " 9; echo \"exit $?\" ) " + redirection + "\"$2\"",
+                  {lock});
+  std::string line;
+  if (!shell.read_line(&line)) line = "<no answer from the shell>";
+  shell.wait();
+  return line;
+}
+
+// Catches: a descriptor-mode lock that dies with iplock (taken on a
+// descriptor of iplock's own, or a classic lock), one not taken at all, or
+// one that survives the shell closing the descriptor; in a classic build,
+// anything but the documented refusal (exit 71, with a reason).
+TEST(IplockDescriptor, LockOnTheShellsDescriptorOutlivesIplock) {
+  temp_dir dir;
+  const std::string lock = dir.path("lock");
+  if (!kOfdBuild) {
+    const std::string err = dir.path("err");
+    child_process shell = start_shell("( \"$1\" -n 9; echo \"exit $?\" ) 9>\"$2\" 2>\"$3\"",
+                                      {lock, err});
+    EXPECT_TRUE(shell.expect_line("exit 71"));
+    EXPECT_NE(read_file(err).find("classic"), std::string::npos) << read_file(err);
+    return;
+  }
+  for (const char *redirection : {"9>", "9<>"}) {
+    child_process shell = start_shell(hold_descriptor_script("-n", redirection), {lock});
+    ASSERT_TRUE(shell.expect_line("locked")) << redirection;
+    EXPECT_EQ(try_from_other_process(lock, lock_mode::exclusive), IPL_E_TIMEOUT) << redirection;
+    EXPECT_EQ(try_from_other_process(lock, lock_mode::shared), IPL_E_TIMEOUT) << redirection;
+    tell(shell, "go");
+    EXPECT_TRUE(shell.expect_line("done"));
+    EXPECT_EQ(describe_status(shell.wait()), 0);
+    EXPECT_TRUE(wait_until_free(lock)) << redirection << ": the lock outlived the descriptor";
+  }
+}
+
+// Catches: -s ignored in descriptor mode (exclusive: the shared prober
+// would fail) or a shared lock that lets a writer in.
+TEST(IplockDescriptor, SharedLockOnTheDescriptor) {
+  if (!kOfdBuild) GTEST_SKIP() << "descriptor mode needs OFD locks";
+  temp_dir dir;
+  const std::string lock = dir.path("lock");
+  child_process shell = start_shell(hold_descriptor_script("-s -n", "9<>"), {lock});
+  ASSERT_TRUE(shell.expect_line("locked"));
+  EXPECT_EQ(try_from_other_process(lock, lock_mode::shared), IPL_OK);
+  EXPECT_EQ(try_from_other_process(lock, lock_mode::exclusive), IPL_E_TIMEOUT);
+  tell(shell, "go");
+  EXPECT_TRUE(shell.expect_line("done"));
+}
+
+// Catches: -u / --unlock doing nothing (the lock would stay until the
+// shell closes descriptor 9), or unlocking something else.
+TEST(IplockDescriptor, UnlockEndsTheLockEarly) {
+  if (!kOfdBuild) GTEST_SKIP() << "descriptor mode needs OFD locks";
+  temp_dir dir;
+  const std::string lock = dir.path("lock");
+  for (const char *unlock : {"-u", "--unlock"}) {
+    child_process shell = start_shell(
+        std::string("( \"$1\" -n 9 || exit 1; echo locked; read line; \"$1\" ") + unlock +
+            " 9; echo \"unlocked $?\"; read line ) 9>\"$2\"",
+        {lock});
+    ASSERT_TRUE(shell.expect_line("locked")) << unlock;
+    EXPECT_EQ(try_from_other_process(lock, lock_mode::exclusive), IPL_E_TIMEOUT);
+    tell(shell, "unlock");
+    EXPECT_TRUE(shell.expect_line("unlocked 0")) << unlock;
+    // Descriptor 9 is still open in the shell: only -u can have freed it.
+    EXPECT_EQ(try_from_other_process(lock, lock_mode::exclusive), IPL_OK) << unlock;
+    tell(shell, "end");
+    EXPECT_EQ(describe_status(shell.wait()), 0);
+  }
+}
+
+// Catches: a second iplock on a descriptor that holds the lock failing
+// (libipl's IPL_E_WOULD_DEADLOCK taken for an error: exit 71) instead of
+// converting it as flock(2) does; -x leaving it shared or -s leaving it
+// exclusive; a conversion that gives up the shared lock when another
+// reader blocks it; -u releasing only an exclusive lock.
+TEST(IplockDescriptor, RelockingTheDescriptorConvertsTheLock) {
+  if (!kOfdBuild) GTEST_SKIP() << "descriptor mode needs OFD locks";
+  temp_dir dir;
+  const std::string lock = dir.path("lock");
+  child_process shell = start_shell(
+      "( \"$1\" -s -n 9; echo \"shared $?\"; read line; "
+      "\"$1\" -n 9; echo \"exclusive $?\"; read line; "
+      "\"$1\" -n 9; echo \"again $?\"; read line; "
+      "\"$1\" -s -n 9; echo \"shared $?\"; read line; "
+      "\"$1\" -n 9; echo \"blocked $?\"; read line; "
+      "\"$1\" -u 9; echo \"unlocked $?\"; read line; "
+      "\"$1\" -u 9; echo \"unlocked $?\"; read line ) 9<>\"$2\"",
+      {lock});
+  ASSERT_TRUE(shell.expect_line("shared 0"));
+  EXPECT_EQ(try_from_other_process(lock, lock_mode::shared), IPL_OK);
+  EXPECT_EQ(try_from_other_process(lock, lock_mode::exclusive), IPL_E_TIMEOUT);
+  tell(shell, "next");
+  ASSERT_TRUE(shell.expect_line("exclusive 0"));
+  EXPECT_EQ(try_from_other_process(lock, lock_mode::shared), IPL_E_TIMEOUT);
+  tell(shell, "next");
+  ASSERT_TRUE(shell.expect_line("again 0"));
+  EXPECT_EQ(try_from_other_process(lock, lock_mode::shared), IPL_E_TIMEOUT);
+  tell(shell, "next");
+  ASSERT_TRUE(shell.expect_line("shared 0"));
+  EXPECT_EQ(try_from_other_process(lock, lock_mode::shared), IPL_OK);
+  EXPECT_EQ(try_from_other_process(lock, lock_mode::exclusive), IPL_E_TIMEOUT);
+  lock_agent reader(lock);
+  ASSERT_TRUE(reader.hold(lock_mode::shared));
+  tell(shell, "next");
+  ASSERT_TRUE(shell.expect_line("blocked 1"));
+  EXPECT_EQ(reader.release(lock_mode::shared), IPL_OK);
+  EXPECT_EQ(try_from_other_process(lock, lock_mode::exclusive), IPL_E_TIMEOUT)
+      << "the failed conversion gave up the shared lock";
+  EXPECT_EQ(try_from_other_process(lock, lock_mode::shared), IPL_OK);
+  tell(shell, "next");
+  ASSERT_TRUE(shell.expect_line("unlocked 0"));
+  EXPECT_EQ(try_from_other_process(lock, lock_mode::exclusive), IPL_OK)
+      << "-u left the shared lock";
+  tell(shell, "next");
+  EXPECT_TRUE(shell.expect_line("unlocked 0")) << "-u with nothing to unlock";
+  tell(shell, "end");
+  EXPECT_EQ(describe_status(shell.wait()), 0);
+}
+
+// Catches: -n, -E and -w ignored in descriptor mode (waiting, the wrong
+// code, or giving up early).
+TEST(IplockDescriptor, NonblockAndTimeoutAgainstAHolder) {
+  if (!kOfdBuild) GTEST_SKIP() << "descriptor mode needs OFD locks";
+  temp_dir dir;
+  const std::string lock = dir.path("lock");
+  lock_agent holder(lock);
+  ASSERT_TRUE(holder.started());
+  ASSERT_EQ(holder.acquire(lock_mode::exclusive, 0), IPL_OK);
+  EXPECT_EQ(descriptor_mode_exit("-n", "9>", lock), "exit 1");
+  EXPECT_EQ(descriptor_mode_exit("-n -E 7", "9>", lock), "exit 7");
+  EXPECT_EQ(descriptor_mode_exit("-s -n", "9<", lock), "exit 1");
+  const auto start = clock_type::now();
+  EXPECT_EQ(descriptor_mode_exit("-w 0.3", "9>", lock), "exit 1");
+  EXPECT_GE(clock_type::now() - start, 300ms);
+  EXPECT_EQ(holder.release(lock_mode::exclusive), IPL_OK);
+  EXPECT_EQ(descriptor_mode_exit("-w 0.3", "9>", lock), "exit 0");
+}
+
+// Catches: a blocking descriptor-mode wait that returns while the lock is
+// held, or never wakes up after the holder releases.
+TEST(IplockDescriptor, WaitsForTheHolder) {
+  if (!kOfdBuild) GTEST_SKIP() << "descriptor mode needs OFD locks";
+  temp_dir dir;
+  const std::string lock = dir.path("lock");
+  lock_agent holder(lock);
+  ASSERT_TRUE(holder.started());
+  ASSERT_EQ(holder.acquire(lock_mode::exclusive, 0), IPL_OK);
+  child_process shell = start_shell(hold_descriptor_script("", "9>"), {lock});
+  EXPECT_TRUE(shell.silent_for(300ms)) << "locked while the agent held the lock";
+  EXPECT_EQ(holder.release(lock_mode::exclusive), IPL_OK);
+  ASSERT_TRUE(shell.expect_line("locked"));
+  EXPECT_EQ(try_from_other_process(lock, lock_mode::exclusive), IPL_E_TIMEOUT);
+  tell(shell, "go");
+  EXPECT_TRUE(shell.expect_line("done"));
+}
+
+// Catches: a descriptor-mode wait that SIGTERM cannot end, or that leaves
+// the lock on the shell's descriptor when ended (the description outlives
+// iplock: a pending or just-granted lock must be let go).
+TEST(IplockDescriptor, SignalEndsTheWaitAndLeavesNothingLocked) {
+  if (!kOfdBuild) GTEST_SKIP() << "descriptor mode needs OFD locks";
+  temp_dir dir;
+  const std::string lock = dir.path("lock");
+  lock_agent holder(lock);
+  ASSERT_TRUE(holder.started());
+  ASSERT_EQ(holder.acquire(lock_mode::exclusive, 0), IPL_OK);
+  child_process shell = start_shell(
+      "( \"$1\" 9 & echo \"pid $!\"; wait $!; echo \"exit $?\"; read line ) 9>\"$2\"", {lock});
+  std::string line;
+  ASSERT_TRUE(shell.read_line(&line));
+  ASSERT_EQ(line.rfind("pid ", 0), 0u) << line;
+  const pid_t iplock = pid_t(std::atol(line.c_str() + 4));
+  ASSERT_GT(iplock, 0);
+  ASSERT_TRUE(wait_until_catches(iplock, SIGTERM));
+  EXPECT_TRUE(shell.silent_for(200ms));
+  kill(iplock, SIGTERM);
+  EXPECT_TRUE(shell.expect_line("exit " + std::to_string(128 + SIGTERM)));
+  EXPECT_EQ(holder.release(lock_mode::exclusive), IPL_OK);
+  // The shell still has descriptor 9 open.
+  EXPECT_EQ(try_from_other_process(lock, lock_mode::exclusive), IPL_OK);
+  tell(shell, "end");
+  EXPECT_EQ(describe_status(shell.wait()), 0);
+}
+
+// Catches: an fcntl failure on a descriptor of the wrong access mode
+// reported as a conflict (1) or a generic failure (71), without saying
+// why; or a shared lock refused on a read-only descriptor.
+TEST(IplockDescriptor, DescriptorOfTheWrongAccessModeFailsWith66) {
+  if (!kOfdBuild) GTEST_SKIP() << "descriptor mode needs OFD locks";
+  temp_dir dir;
+  const std::string lock = dir.path("lock");
+  std::ofstream(lock).close();
+  const std::string err = dir.path("err");
+  child_process shell = start_shell(
+      "( \"$1\" -n 9; echo \"exit $?\" ) 9<\"$2\" 2>\"$3\"; "
+      "( \"$1\" -s -n 9; echo \"exit $?\" ) 9>\"$2\" 2>>\"$3\"; "
+      "( \"$1\" -s -n 9; echo \"exit $?\" ) 9<\"$2\"",
+      {lock, err});
+  EXPECT_TRUE(shell.expect_line("exit 66"));
+  EXPECT_TRUE(shell.expect_line("exit 66"));
+  EXPECT_TRUE(shell.expect_line("exit 0"));
+  EXPECT_NE(read_file(err).find("read-only"), std::string::npos) << read_file(err);
+  EXPECT_NE(read_file(err).find("write-only"), std::string::npos) << read_file(err);
+}
+
+// Catches: a closed descriptor or one on a non-regular file taken for a
+// conflict (1) or locked anyway.
+TEST(IplockDescriptor, UnusableDescriptorFailsWith66) {
+  if (!kOfdBuild) GTEST_SKIP() << "descriptor mode needs OFD locks";
+  temp_dir dir;
+  const std::string lock = dir.path("lock");
+  EXPECT_EQ(descriptor_mode_exit("-n", "9>&- #", lock), "exit 66");
+  EXPECT_EQ(descriptor_mode_exit("-n", "9</dev/null #", lock), "exit 66");
+}
+
+// Catches: a descriptor-mode lock that fasteners does not see (wrong
+// range or lock kind), in both directions and both modes.
+TEST(IplockDescriptor, InteropWithFasteners) {
+  if (!kOfdBuild) GTEST_SKIP() << "descriptor mode needs OFD locks";
+  ASSERT_NO_FATAL_FAILURE(expect_fasteners_available());
+  temp_dir dir;
+  const std::string lock = dir.path("lock");
+  const char rw_probe[] =
+      "import sys, fasteners\n"
+      "rw = fasteners.InterProcessReaderWriterLock(sys.argv[1])\n"
+      "got = rw.acquire_write_lock(blocking=False)\n"
+      "print('write', got, flush=True)\n"
+      "if got: rw.release_write_lock()\n"
+      "got = rw.acquire_read_lock(blocking=False)\n"
+      "print('read', got, flush=True)\n"
+      "if got: rw.release_read_lock()\n";
+  {
+    child_process shell = start_shell(hold_descriptor_script("-n", "9>"), {lock});
+    ASSERT_TRUE(shell.expect_line("locked"));
+    child_process fasteners = start_fasteners(kFastenersTry, lock);
+    EXPECT_TRUE(fasteners.expect_line("busy"));
+    child_process rw = start_fasteners(rw_probe, lock);
+    EXPECT_TRUE(rw.expect_line("write False"));
+    EXPECT_TRUE(rw.expect_line("read False"));
+    tell(shell, "go");
+    EXPECT_TRUE(shell.expect_line("done"));
+  }
+  {
+    child_process shell = start_shell(hold_descriptor_script("-s -n", "9<"), {lock});
+    ASSERT_TRUE(shell.expect_line("locked"));
+    child_process rw = start_fasteners(rw_probe, lock);
+    EXPECT_TRUE(rw.expect_line("write False"));
+    EXPECT_TRUE(rw.expect_line("read True"));
+    tell(shell, "go");
+    EXPECT_TRUE(shell.expect_line("done"));
+  }
+  child_process fasteners = start_fasteners(kFastenersHolder, lock);
+  ASSERT_TRUE(fasteners.expect_line("locked"));
+  EXPECT_EQ(descriptor_mode_exit("-n", "9>", lock), "exit 1");
+  EXPECT_EQ(descriptor_mode_exit("-s -n", "9<", lock), "exit 1");
+  tell(fasteners, "release");
+  EXPECT_EQ(describe_status(fasteners.wait()), 0);
+  EXPECT_EQ(descriptor_mode_exit("-n", "9>", lock), "exit 0");
+}
+
+// ---- How long the lock lives ----------------------------------------------------------
+// The command inherits the lock's descriptor, so the lock lives as long as
+// the command does, whatever happens to iplock; -o keeps the descriptor
+// from the command; -F execs the command in iplock's place.
+
+// Catches: the lock ending when iplock is killed while its command still
+// runs (a close-on-exec descriptor: iplock opened the lock file without
+// IPL_OPEN_INHERITABLE), for both modes.
+TEST(IplockLifetime, SigkillOfIplockKeepsTheLockUntilTheCommandEnds) {
+  if (!kOfdBuild)
+    GTEST_SKIP() << "classic fcntl locks belong to the iplock process, so no command can "
+                    "inherit them: the lock ends with iplock, as iplock(1) documents";
+  temp_dir dir;
+  const std::string lock = dir.path("lock");
+  for (const char *mode : {"-x", "-s"}) {
+    SCOPED_TRACE(mode);
+    child_process iplock =
+        start_iplock(concat({mode, lock}, helper_command("iplock_wait_for_line")));
+    ASSERT_TRUE(iplock.expect_line("ready"));
+    iplock.send_signal(SIGKILL);
+    EXPECT_EQ(describe_status(iplock.wait()), -1000 - SIGKILL);
+    EXPECT_EQ(try_from_other_process(lock, lock_mode::exclusive), IPL_E_TIMEOUT)
+        << "the lock died with iplock while its command runs";
+    if (std::string(mode) == "-x") {
+      EXPECT_EQ(try_from_other_process(lock, lock_mode::shared), IPL_E_TIMEOUT);
+    }
+    tell(iplock, "release");  // the orphaned command still reads our pipe
+    std::string line;
+    EXPECT_FALSE(iplock.read_line(&line)) << line;  // EOF: the command ended
+    EXPECT_TRUE(wait_until_free(lock)) << "the lock outlived the command";
+  }
+}
+
+// Catches: the descriptor not reaching the command (OFD: the SIGKILL test
+// above would fail too), leaking more than one copy, or -o / --close not
+// keeping it from the command.
+TEST(IplockLifetime, CommandInheritsTheDescriptorUnlessClose) {
+  temp_dir dir;
+  const std::string lock = dir.path("lock");
+  std::ofstream(lock).close();
+  const std::string inherited = kOfdBuild ? " fds 1" : " fds 0";
+  for (const std::vector<std::string> &options :
+       {std::vector<std::string>{}, {"-o"}, {"--close"}, {"-s"}, {"-s", "-o"}}) {
+    const bool closed = options.size() > 0 && options.back() != "-s";
+    child_process iplock = start_iplock(
+        concat(concat(options, {lock}), helper_command("iplock_probe_command", {lock})));
+    std::string line;
+    ASSERT_TRUE(iplock.read_line(&line));
+    const std::string expected = closed ? " fds 0" : inherited;
+    EXPECT_NE(line.find(expected), std::string::npos)
+        << (options.empty() ? "" : options[0]) << ": " << line;
+    tell(iplock, "done");
+    EXPECT_EQ(describe_status(iplock.wait()), 0);
+  }
+}
+
+// Catches: -o keeping the lock alive in the command after iplock dies (the
+// descriptor leaked into the command despite -o).
+TEST(IplockLifetime, WithCloseTheLockEndsWithIplock) {
+  temp_dir dir;
+  const std::string lock = dir.path("lock");
+  child_process iplock =
+      start_iplock(concat({"-o", lock}, helper_command("iplock_wait_for_line")));
+  ASSERT_TRUE(iplock.expect_line("ready"));
+  EXPECT_EQ(try_from_other_process(lock, lock_mode::exclusive), IPL_E_TIMEOUT);
+  iplock.send_signal(SIGKILL);
+  EXPECT_EQ(describe_status(iplock.wait()), -1000 - SIGKILL);
+  EXPECT_TRUE(wait_until_free(lock)) << "-o: the command kept the lock";
+  tell(iplock, "release");
+}
+
+// Catches: -F forking anyway (another pid), the lock lost at exec (a
+// close-on-exec descriptor), or kept after the command ends; in a classic
+// build, anything but the documented refusal (exit 71).
+TEST(IplockLifetime, NoForkExecsInPlaceAndKeepsTheLock) {
+  temp_dir dir;
+  const std::string lock = dir.path("lock");
+  std::ofstream(lock).close();
+  if (!kOfdBuild) {
+    const finished_run run = run_iplock(dir, {"-F", lock, "echo", "ran"});
+    EXPECT_EQ(run.exit_code, 71);
+    EXPECT_TRUE(run.out.empty());
+    EXPECT_NE(run.err.find("classic"), std::string::npos) << run.err;
+    return;
+  }
+  child_process iplock =
+      start_iplock(concat({"-F", lock}, helper_command("iplock_probe_command", {lock})));
+  std::string line;
+  ASSERT_TRUE(iplock.read_line(&line));
+  EXPECT_EQ(line, "pid " + std::to_string(iplock.pid()) + " fds 1");
+  EXPECT_EQ(try_from_other_process(lock, lock_mode::exclusive), IPL_E_TIMEOUT)
+      << "the lock did not survive the exec";
+  tell(iplock, "end");
+  EXPECT_EQ(describe_status(iplock.wait()), 0);
+  EXPECT_TRUE(wait_until_free(lock));
+  EXPECT_EQ(run_iplock(dir, {"--no-fork", lock, "sh", "-c", "exit 9"}).exit_code, 9);
+  EXPECT_EQ(run_iplock(dir, {"-F", lock, dir.path("no-such-program")}).exit_code, 127);
+  EXPECT_TRUE(wait_until_free(lock)) << "a failed exec kept the lock";
+}
+
+// Catches: a lock taken on a lock file that was removed while iplock
+// waited (ipl_remove by the holder): iplock must lock the file the path
+// names afterwards, or it excludes nobody who opens the path.
+TEST(IplockLifetime, LockFileRemovedWhileWaitingIsLockedAgain) {
+  temp_dir dir;
+  const std::string lock = dir.path("lock");
+  ipl_lock *holder = nullptr;
+  ASSERT_EQ(ipl_open(lock.c_str(), 0, &holder), IPL_OK);
+  ASSERT_EQ(ipl_acquire(holder, 0), IPL_OK);
+  child_process waiter = start_iplock({lock, self_exe(), "--ipl-helper", "iplock_wait_for_line"});
+  EXPECT_TRUE(waiter.silent_for(300ms));
+  EXPECT_EQ(ipl_remove(holder), IPL_OK);
+  ASSERT_TRUE(waiter.expect_line("ready"));
+  EXPECT_TRUE(file_exists(lock));
+  EXPECT_EQ(try_from_other_process(lock, lock_mode::exclusive), IPL_E_TIMEOUT)
+      << "iplock holds a lock on the removed file only";
+  tell(waiter, "done");
+  EXPECT_EQ(describe_status(waiter.wait()), 0);
+  ipl_close(holder);
+}
+
+// ---- --verbose ------------------------------------------------------------------------
+
+// Catches: --verbose unknown (the old code: 64), silent while waiting, not
+// naming the holder's pid and name (an OFD holder needs the /proc fdinfo
+// search: the kernel reports pid -1), or reporting a wait time that is not
+// the time waited.
+TEST(IplockVerbose, SaysWhoHoldsTheLockAndHowLongGettingItTook) {
+  temp_dir dir;
+  const std::string lock = dir.path("lock");
+  std::ofstream(lock).close();
+  for (const bool descriptor_mode : {false, true}) {
+    if (descriptor_mode && !kOfdBuild) continue;
+    SCOPED_TRACE(descriptor_mode ? "descriptor mode" : "command mode");
+    lock_agent holder(lock);
+    ASSERT_TRUE(holder.started());
+    ASSERT_EQ(holder.acquire(lock_mode::exclusive, 0), IPL_OK);
+    const pid_t holder_pid = holder.process().pid();
+    const std::string err = dir.path(descriptor_mode ? "fd.err" : "cmd.err");
+    child_process waiter =
+        descriptor_mode
+            ? start_shell("( \"$1\" --verbose 9 2>\"$3\" && echo ran ) 9>\"$2\"", {lock, err})
+            : start_iplock({"--verbose", lock, "echo", "ran"}, err);
+    ASSERT_TRUE(wait_for_text(err, "pid " + std::to_string(holder_pid))) << read_file(err);
+    EXPECT_NE(read_file(err).find("held exclusive"), std::string::npos) << read_file(err);
+    const std::string name = process_name(holder_pid);
+    EXPECT_FALSE(name.empty());
+    EXPECT_NE(read_file(err).find("(" + name + ")"), std::string::npos) << read_file(err);
+    EXPECT_TRUE(waiter.silent_for(300ms));
+    EXPECT_EQ(holder.release(lock_mode::exclusive), IPL_OK);
+    EXPECT_TRUE(waiter.expect_line("ran"));
+    EXPECT_EQ(describe_status(waiter.wait()), 0);
+    const double seconds = reported_lock_seconds(read_file(err));
+    EXPECT_GE(seconds, 0.3) << read_file(err);
+    EXPECT_LT(seconds, 20.0) << read_file(err);
+  }
+}
+
+// Catches: --verbose with -n or -w not saying who holds the lock, or not
+// saying that it gave up; a shared holder reported as exclusive.
+TEST(IplockVerbose, SaysWhyItGaveUp) {
+  temp_dir dir;
+  const std::string lock = dir.path("lock");
+  lock_agent holder(lock);
+  ASSERT_TRUE(holder.started());
+  ASSERT_EQ(holder.acquire(lock_mode::shared, 0), IPL_OK);
+  const std::string pid = "pid " + std::to_string(holder.process().pid());
+  const finished_run nonblock = run_iplock(dir, {"--verbose", "-n", lock, "true"});
+  EXPECT_EQ(nonblock.exit_code, 1);
+  EXPECT_NE(nonblock.err.find(pid), std::string::npos) << nonblock.err;
+  EXPECT_NE(nonblock.err.find("held shared"), std::string::npos) << nonblock.err;
+  EXPECT_NE(nonblock.err.find("failed to get lock"), std::string::npos) << nonblock.err;
+  const finished_run timeout = run_iplock(dir, {"--verbose", "-w", "0.1", lock, "true"});
+  EXPECT_EQ(timeout.exit_code, 1);
+  EXPECT_NE(timeout.err.find(pid), std::string::npos) << timeout.err;
+  EXPECT_NE(timeout.err.find("timeout"), std::string::npos) << timeout.err;
+  EXPECT_EQ(holder.release(lock_mode::shared), IPL_OK);
 }
 
 }  // namespace

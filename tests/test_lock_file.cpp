@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // The lock file itself: what a lock means when its file is removed or
 // replaced while someone waits, when the user may only read it, and which
 // permissions a new lock file gets; and timed waits when the process cannot

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // The test binary's entry point. When re-executed as a helper process
 // (`--ipl-helper NAME ...`), it runs that helper instead of the tests.
 #include <gtest/gtest.h>

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 #include "test_support.hpp"
 
 #include <gtest/gtest.h>
@@ -33,6 +34,7 @@ extern char **environ;
 #include <sstream>
 #include <stdexcept>
 #include <thread>
+#include <utility>
 
 namespace ipltest {
 
@@ -674,11 +676,26 @@ std::string status_text(int status) {
   return std::to_string(status) + " (" + ipl_strerror(status) + ")";
 }
 
+int64_t lock_agent::clock_ns() {
+#ifdef _WIN32
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+#else
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return int64_t(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+#endif
+}
+
 namespace {
 
-// args: PATH FLAGS CREATE_MODE. Says "opened" or "open-failed STATUS", then
-// obeys, one per line: "acquire MODE TIMEOUT_MS" and "release MODE" answer
-// "rc STATUS"; "close" (ipl_close) answers "closed"; "exit" or EOF ends it.
+void say_status(int status, int64_t at_ns) {
+  helper_say("rc " + std::to_string(status) + " " + std::to_string(at_ns));
+}
+
+// args: PATH FLAGS CREATE_MODE. The agent's side of the protocol
+// (test_support.hpp, above class lock_agent).
 IPL_TEST_HELPER(lock_agent) {
   if (args.size() != 3) return 2;
   const uint32_t flags = uint32_t(std::stoul(args[1]));
@@ -692,13 +709,13 @@ IPL_TEST_HELPER(lock_agent) {
     helper_say("open-failed " + std::to_string(opened));
     return 3;
   }
-  helper_say("opened");
+  helper_say("ready");
   std::string line;
   while (helper_hear(&line)) {
     std::istringstream words(line);
     std::string verb;
     std::string mode_word;
-    int64_t timeout_ms = 0;
+    int64_t number = 0;
     words >> verb;
     if (verb == "exit") break;
     if (verb == "close") {
@@ -713,10 +730,22 @@ IPL_TEST_HELPER(lock_agent) {
       helper_say("bad command: " + line);
       continue;
     }
-    if (verb == "acquire" && (words >> timeout_ms)) {
-      helper_say("rc " + std::to_string(acquire_in_mode(lock, mode, timeout_ms)));
+    const bool has_number = bool(words >> number);
+    if (verb == "acquire" && has_number) {
+      const int status = acquire_in_mode(lock, mode, number);
+      say_status(status, lock_agent::clock_ns());
+    } else if (verb == "wait" && has_number) {
+      int status = acquire_in_mode(lock, mode, 0);
+      if (status == IPL_E_TIMEOUT && number != 0) {
+        helper_say("waiting " + std::to_string(lock_agent::clock_ns()));
+        status = acquire_in_mode(lock, mode, number);
+      }
+      say_status(status, lock_agent::clock_ns());
     } else if (verb == "release") {
-      helper_say("rc " + std::to_string(release_in_mode(lock, mode)));
+      // The delay is the scenario (a holder that works a while), not a handshake.
+      if (has_number) std::this_thread::sleep_for(std::chrono::milliseconds(number));
+      const int64_t released_at = lock_agent::clock_ns();
+      say_status(release_in_mode(lock, mode), released_at);
     } else {
       helper_say("bad command: " + line);
     }
@@ -731,18 +760,39 @@ lock_agent::lock_agent(const std::string &path, uint32_t open_flags, int create_
     : child_(child_process::helper(
           "lock_agent", {path, std::to_string(open_flags), std::to_string(create_mode)})) {}
 
+lock_agent::lock_agent(child_process child, std::string name)
+    : child_(std::move(child)), name_(std::move(name)) {}
+
+lock_agent lock_agent::program(const std::vector<std::string> &argv, const std::string &name) {
+  return lock_agent(child_process::program(argv), name);
+}
+
 bool lock_agent::started() {
+  if (start_answered_) return open_status_ == IPL_OK;
+  start_answered_ = true;
   std::string line;
   if (!child_.read_line(&line)) {
-    ADD_FAILURE() << "lock agent did not start";
+    ADD_FAILURE() << name_ << " did not start";
     return false;
   }
-  if (line == "opened") {
+  if (line == "ready") {
     open_status_ = IPL_OK;
     return true;
   }
-  if (line.compare(0, 12, "open-failed ") == 0) open_status_ = std::atoi(line.c_str() + 12);
-  ADD_FAILURE() << "lock agent: " << line;
+  std::istringstream words(line);
+  std::string word;
+  int status = 0;
+  if (words >> word && word == "open-failed" && words >> status) open_status_ = status;
+  ADD_FAILURE() << name_ << ": " << line;
+  return false;
+}
+
+bool lock_agent::hold(lock_mode mode) {
+  if (!started()) return false;
+  const int status = acquire(mode, 0);
+  if (status == IPL_OK) return true;
+  ADD_FAILURE() << name_ << " could not take the lock " << mode_name(mode) << ": "
+                << status_text(status);
   return false;
 }
 
@@ -755,9 +805,19 @@ int lock_agent::acquire(lock_mode mode, int64_t timeout_ms, std::chrono::millise
   return reply(bound);
 }
 
+int lock_agent::wait(lock_mode mode, int64_t timeout_ms) {
+  child_.write_line(std::string("wait ") + mode_name(mode) + " " + std::to_string(timeout_ms));
+  return reply();
+}
+
 int lock_agent::release(lock_mode mode) {
   child_.write_line(std::string("release ") + mode_name(mode));
   return reply();
+}
+
+void lock_agent::start_release(lock_mode mode, std::chrono::milliseconds delay) {
+  child_.write_line(std::string("release ") + mode_name(mode) + " " +
+                    std::to_string(delay.count()));
 }
 
 bool lock_agent::close_handle() {
@@ -766,13 +826,29 @@ bool lock_agent::close_handle() {
 }
 
 int lock_agent::reply(std::chrono::milliseconds bound) {
+  stamp_ns_ = -1;
   std::string line;
   if (!child_.read_line(&line, bound)) return kNoReply;
-  if (line.compare(0, 3, "rc ") != 0) {
-    ADD_FAILURE() << "lock agent said: " << line;
-    return kNoReply;
+  std::istringstream words(line);
+  std::string word;
+  int status = kNoReply;
+  int64_t at_ns = -1;
+  words >> word;
+  if (word == "waiting" && words >> at_ns) {
+    stamp_ns_ = at_ns;
+    return kWaiting;
   }
-  return std::atoi(line.c_str() + 3);
+  if (word == "rc" && words >> status) {
+    if (words >> at_ns) stamp_ns_ = at_ns;
+    return status;
+  }
+  ADD_FAILURE() << name_ << " said: " << line;
+  return kNoReply;
+}
+
+int lock_agent::kill_and_reap() {
+  child_.send_signal(SIGKILL);
+  return describe_status(child_.wait(kBound));
 }
 
 int try_from_other_process(const std::string &path, lock_mode mode) {

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // Shared test support: per-test temporary folders, helper processes (the
 // test binary re-executed with a helper argument), bounded waits.
 #ifndef IPL_TESTS_TEST_SUPPORT_HPP
@@ -178,39 +179,87 @@ int release_in_mode(ipl_lock *lock, lock_mode mode);
 // "12 (text of ipl_strerror)"
 std::string status_text(int status);
 
-// Not an ipl status: the agent did not answer in time, or answered nonsense.
+// Not ipl statuses: the agent did not answer in time, or answered nonsense;
+// the agent says it is waiting (lock_agent::wait).
 constexpr int kNoReply = 1000;
+constexpr int kWaiting = 1001;
 
 // The one helper process for "a lock held somewhere else": a child process
 // (the test binary re-executed) with its own handle on `path`, driven one
 // command at a time. Each call waits for the agent's answer (bounded).
+//
+// The protocol, one line each way; tests/fasteners_peer.py speaks it too,
+// with Python fasteners' locks in place of libipl's:
+//   (start)                  -> "ready", or one line saying why not
+//                               ("open-failed STATUS": ipl_open failed)
+//   acquire MODE TIMEOUT_MS  -> "rc STATUS T": one acquire call
+//   wait MODE TIMEOUT_MS     -> one try; if it finds the lock held elsewhere
+//                               (and TIMEOUT_MS != 0), "waiting T" and then
+//                               the call with TIMEOUT_MS; then "rc STATUS T"
+//   release MODE [DELAY_MS]  -> "rc STATUS T"; with DELAY_MS, the agent first
+//                               sleeps that long (reading no command)
+//   close                    -> "closed": ipl_close; the process lives on
+//   exit, or EOF             -> the agent closes its handle and exits
+// MODE is a mode_name(), TIMEOUT_MS as ipl_acquire's (IPL_WAIT_FOREVER is
+// -1), STATUS an ipl status. T is lock_agent::clock_ns() in the agent: just
+// after an acquire call returned, just before a release or a wait started —
+// so a waiter's T above a holder's release T proves the waiter got the lock
+// only after the holder let go. Anything else: "bad command: LINE".
 class lock_agent {
  public:
   // open_flags / create_mode: as ipl_open_mode (create_mode < 0: ipl_open_ex).
   explicit lock_agent(const std::string &path, uint32_t open_flags = 0, int create_mode = -1);
+  // Another program that speaks the protocol (tests/fasteners_peer.py);
+  // `name` labels its failures.
+  static lock_agent program(const std::vector<std::string> &argv, const std::string &name);
 
   // True once the agent has opened its handle (else records a failure; the
-  // open status is then in open_status()).
+  // open status is then in open_status()). Asks once; later calls repeat
+  // the first answer.
   bool started();
   int open_status() const { return open_status_; }
+  // started(), and a try in `mode` that gets the lock; else records a
+  // failure and returns false.
+  bool hold(lock_mode mode);
 
   // ipl_acquire* in the agent; the status, or kNoReply after `bound`.
   int acquire(lock_mode mode, int64_t timeout_ms, std::chrono::milliseconds bound = kBound);
   // Sends the acquire without waiting for its answer (read it with reply()).
   void start_acquire(lock_mode mode, int64_t timeout_ms);
+  // "wait": kWaiting once the agent has found the lock held and is waiting
+  // (the outcome is the next reply()); else the status its try answered.
+  int wait(lock_mode mode, int64_t timeout_ms);
   int release(lock_mode mode);
+  // Sends a release the agent makes after `delay` (read its answer with
+  // reply()): the holder lets go while the test is blocked in a call.
+  void start_release(lock_mode mode, std::chrono::milliseconds delay);
   // ipl_close in the agent (the process lives on); true when it answered.
   bool close_handle();
-  // The status the agent answers with, or kNoReply after `bound`.
+  // The status the agent answers with (kWaiting for "waiting"), or kNoReply
+  // after `bound`.
   int reply(std::chrono::milliseconds bound = kBound);
+  // T of the last answer reply() read; -1 when it had none.
+  int64_t stamp_ns() const { return stamp_ns_; }
   // True when the agent says nothing for `window` (e.g. it is still blocked).
   bool silent_for(std::chrono::milliseconds window) { return child_.silent_for(window); }
+  // SIGKILLs the agent and reaps it: describe_status() of its end (-1 when
+  // it did not end within kBound).
+  int kill_and_reap();
 
   child_process &process() { return child_; }
 
+  // The clock of T, the same in every process: CLOCK_MONOTONIC in
+  // nanoseconds (Python's time.monotonic_ns()); steady_clock on Windows.
+  static int64_t clock_ns();
+
  private:
+  lock_agent(child_process child, std::string name);
+
   child_process child_;
+  std::string name_ = "lock agent";
+  bool start_answered_ = false;
   int open_status_ = kNoReply;
+  int64_t stamp_ns_ = -1;
 };
 
 // One try (timeout 0) from a fresh process: IPL_OK (it was free; the prober

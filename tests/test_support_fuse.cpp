@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // The lockfs mount harness: see test_support_fuse.hpp.
 #include "test_support_fuse.hpp"
 

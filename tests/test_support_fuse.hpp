@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // Test support: a lockfs FUSE filesystem (tests/fuse/lockfs.c) mounted in a
 // temporary folder for one test, to reproduce filesystems whose blocking
 // lock call a signal cannot end (FUSE, NFS, CIFS), or a FUSE filesystem

@@ -1,7 +1,9 @@
+// SPDX-License-Identifier: MIT
 // Timed waits that sleep in the kernel, ended by a per-thread timer signal,
 // and their fall-backs. The wait signal is process-wide state, so every case
-// runs in a fresh helper process; the lock is held by another helper process
-// (so the kernel path is exercised in the classic-fcntl build too).
+// runs in a fresh helper process; the lock is held by another process, a
+// lock agent (so the kernel path is exercised in the classic-fcntl build
+// too).
 #include <gtest/gtest.h>
 #include <ipl/ipl.h>
 #include <poll.h>
@@ -26,25 +28,11 @@ namespace {
 
 using namespace std::chrono_literals;
 using ipltest::child_process;
+using ipltest::lock_agent;
+using ipltest::lock_mode;
 using steady = std::chrono::steady_clock;
 
 // ---- Helper-process side -----------------------------------------------------
-
-// Holds the exclusive lock on args[0] until told "release".
-IPL_TEST_HELPER(ws_hold) {
-  ipl_lock *lock = nullptr;
-  if (ipl_open(args.at(0).c_str(), 0, &lock) != IPL_OK) return 2;
-  if (ipl_acquire(lock, 0) != IPL_OK) return 3;
-  ipltest::helper_say("locked");
-  std::string line;
-  while (ipltest::helper_hear(&line) && line != "release") {
-  }
-  ipl_release(lock);
-  ipltest::helper_say("released");
-  ipltest::helper_hear(&line);  // stay until the test is done with us
-  ipl_close(lock);
-  return 0;
-}
 
 std::atomic<int> app_handler_calls{0};
 void app_handler(int) { app_handler_calls.fetch_add(1); }
@@ -77,21 +65,16 @@ struct case_result {
   }
 };
 
-// A held lock and a handle to wait on it.
+// A lock held by another process (a lock agent), and a handle to wait on it.
 struct contended_lock {
-  explicit contended_lock(const std::string &path)
-      : holder(child_process::helper("ws_hold", {path})) {
-    holder_ready = holder.expect_line("locked");
+  explicit contended_lock(const std::string &path) : holder(path) {
+    holder_ready = holder.hold(lock_mode::exclusive);
     open_ok = ipl_open(path.c_str(), 0, &waiter) == IPL_OK;
   }
   ~contended_lock() { ipl_close(waiter); }
   bool ready() const { return holder_ready && open_ok; }
-  void release_holder() {
-    holder.write_line("release");
-    holder.expect_line("released");
-  }
 
-  child_process holder;
+  lock_agent holder;
   ipl_lock *waiter = nullptr;
   bool holder_ready = false;
   bool open_ok = false;
@@ -107,14 +90,11 @@ void check_timed_out(case_result &r, ipl_lock *lock, int ms, const std::string &
   r.check(elapsed < std::chrono::milliseconds(ms) + 5s, label + ": far too late");
 }
 
-// A timed wait that gets the lock when another thread releases it midway.
+// A timed wait that gets the lock when the holder releases it midway.
 void check_gets_released_lock(case_result &r, contended_lock &lock, const std::string &label) {
-  std::thread releaser([&] {
-    std::this_thread::sleep_for(100ms);
-    lock.release_holder();
-  });
+  lock.holder.start_release(lock_mode::exclusive, 100ms);
   const int rc = ipl_acquire(lock.waiter, 10000);
-  releaser.join();
+  lock.holder.reply();
   r.check(rc == IPL_OK, label + ": status " + std::to_string(rc));
   ipl_release(lock.waiter);
 }

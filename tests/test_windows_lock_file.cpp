@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // Windows-only tests of the lock file itself (built only for Windows; see
 // tests/meson.build): a lock file replaced while someone waits for it, and a
 // read-only lock file. They talk to Windows directly (<windows.h>) to

@@ -13,6 +13,11 @@
 //	ok, err = lock.LockTimeout(2 * time.Second)     // ok == false: not in time
 //	err = lock.LockContext(ctx)                     // ctx.Err() when ctx ends first
 //	err = lock.RLock()                              // shared
+//	err = lock.Downgrade()                          // exclusive to shared, atomically
+//	ok, err = lock.UpgradeTimeout(time.Second)      // shared to exclusive
+//	q, err := lock.Query()                          // held elsewhere? how, by which pid
+//	err = lock.Remove()                             // delete the lock file, holding it
+//	err = lock.Check()                              // still held? StatusLost when taken away
 //
 // A Lock is one libipl handle and holds at most one lock, shared or
 // exclusive. Two Locks on one file exclude each other as two processes do,
@@ -24,7 +29,15 @@
 // A Lock is not tied to a goroutine or an OS thread: Go moves goroutines
 // between threads, and libipl lets any thread release what another took.
 // Every call blocks its goroutine's OS thread (a cgo call), which the Go
-// runtime replaces while it waits.
+// runtime replaces while it waits. A wait ends early only through Cancel
+// (from another goroutine) or a context: LockContext, RLockContext and
+// UpgradeContext wait in one libipl call and, when the context is done,
+// end it with ipl_cancel from a goroutine of their own.
+//
+// Locks that child processes inherit, as flock(1)'s (Linux OFD builds
+// only; elsewhere StatusUnsupported): Open(path, Inheritable()) leaves the
+// lock's descriptor open across exec (os/exec passes it on), and OpenFile
+// locks the open file description of an *os.File the caller has.
 //
 // Timed waits (LockTimeout) need a signal to end a kernel wait at its
 // deadline; libipl only takes one whose disposition is still the default.
@@ -72,6 +85,8 @@ const (
 	StatusInternal       Status = C.IPL_E_INTERNAL
 	StatusUnsupported    Status = C.IPL_E_UNSUPPORTED
 	StatusSignalInUse    Status = C.IPL_E_SIGNAL_IN_USE
+	StatusCanceled       Status = C.IPL_E_CANCELED
+	StatusLost           Status = C.IPL_E_LOST
 )
 
 // String is libipl's text for the status (ipl_strerror).
@@ -121,16 +136,16 @@ const WaitForever = time.Duration(-1)
 // maxWait is the longest wait passed to C (100 years, as ipl.hpp).
 const maxWait = 100 * 365 * 24 * time.Hour
 
-// contextSlice is the longest single wait of LockContext: how late a
-// cancelled context is noticed at worst. libipl has no way yet to end a
-// wait from outside (ipl_cancel will be one); until then each slice is a
-// kernel wait, so the lock is still taken the moment it is released.
-const contextSlice = 20 * time.Millisecond
+// cancelRetry: how often a wait whose context is done is canceled again
+// until it has returned (a cancel that comes before the wait has begun does
+// nothing, see ipl.h).
+const cancelRetry = time.Millisecond
 
 // Lock is one open lock file. Its methods may be called from any
 // goroutine; Close waits for none of them (see Close).
 type Lock struct {
 	path string
+	file *os.File // OpenFile's: kept from the garbage collector, never closed here
 
 	mu       sync.Mutex // guards the three fields below
 	raw      *C.ipl_lock
@@ -153,6 +168,15 @@ func NoCreate() Option { return func(o *openOptions) { o.flags |= C.IPL_OPEN_NO_
 // NoCreateDirs: missing parent folders are an error (StatusBadParent).
 func NoCreateDirs() Option {
 	return func(o *openOptions) { o.flags |= C.IPL_OPEN_NO_CREATE_DIRS }
+}
+
+// Inheritable leaves the lock's descriptor open across fork and exec
+// (IPL_OPEN_INHERITABLE): a child process (os/exec, syscall.Exec) inherits
+// the lock, which then lasts while any copy of the descriptor is open
+// (Unlock or Close still end it at once). Linux OFD builds only: elsewhere
+// Open fails with StatusUnsupported.
+func Inheritable() Option {
+	return func(o *openOptions) { o.flags |= C.IPL_OPEN_INHERITABLE }
 }
 
 // CreateMode gives a lock file that Open creates exactly these permissions
@@ -192,6 +216,34 @@ func Open(path string, options ...Option) (*Lock, error) {
 	}
 	l := &Lock{raw: raw, path: path}
 	// A Lock dropped without Close still closes its handle (as os.File does).
+	runtime.SetFinalizer(l, func(l *Lock) { l.Close() })
+	return l, nil
+}
+
+// OpenFile returns a Lock over f, an open regular file, whose locks are
+// taken on f's open file description (ipl_open_fd): shared by every copy
+// of it (dup, fork, exec: pass f to a child in exec.Cmd.ExtraFiles), they
+// outlive this process while a copy stays open, as flock(1)'s do. If the
+// description holds a lock already (one an earlier process left on it),
+// the Lock starts out holding it (Unlock or RUnlock, whichever it is, or
+// Close ends it). The Lock keeps f from the garbage collector but never
+// closes it: close f after the Lock. An exclusive lock needs f open for
+// writing, a shared one for reading (else StatusAccess with EBADF). The
+// Lock's Path is f.Name(); Remove fails with StatusUnsupported. Errors:
+// StatusNotRegularFile; StatusUnsupported on the classic POSIX backend and
+// Windows (their locks are not per description).
+func OpenFile(f *os.File) (*Lock, error) {
+	if f == nil {
+		return nil, &Error{Op: "open", Status: StatusInvalid}
+	}
+	var raw *C.ipl_lock
+	var osError C.int
+	status := C.ipl_open_fd(C.int(f.Fd()), 0, &raw, &osError)
+	runtime.KeepAlive(f)
+	if status != C.IPL_OK {
+		return nil, &Error{Op: "open", Path: f.Name(), Status: Status(status), OSError: int(osError)}
+	}
+	l := &Lock{raw: raw, path: f.Name(), file: f}
 	runtime.SetFinalizer(l, func(l *Lock) { l.Close() })
 	return l, nil
 }
@@ -251,7 +303,16 @@ func timeoutMs(d time.Duration) C.int64_t {
 }
 
 func (l *Lock) fail(op string, raw *C.ipl_lock, status C.int) error {
-	return &Error{Op: op, Path: l.path, Status: Status(status), OSError: int(C.ipl_os_error(raw))}
+	err := &Error{Op: op, Path: l.path, Status: Status(status)}
+	switch status {
+	case C.IPL_E_TIMEOUT, C.IPL_E_INVALID, C.IPL_E_NOT_HELD, C.IPL_E_WOULD_DEADLOCK,
+		C.IPL_E_INTERNAL, C.IPL_E_CANCELED:
+		// libipl's own rules: no system call failed, and ipl_os_error()
+		// would give an older call's errno.
+	default:
+		err.OSError = int(C.ipl_os_error(raw))
+	}
+	return err
 }
 
 // acquire: true when acquired, false (and no error) when not in time.
@@ -276,30 +337,68 @@ func (l *Lock) acquire(op string, shared bool, d time.Duration) (bool, error) {
 	return false, l.fail(op, raw, status)
 }
 
-// acquireContext waits in slices until acquired, an error, or ctx is done.
-func (l *Lock) acquireContext(ctx context.Context, op string, shared bool) error {
-	if ctx.Done() == nil { // never cancelled: one kernel wait
-		_, err := l.acquire(op, shared, WaitForever)
+// waitContext makes the waiting call `wait` (on raw, without a time limit)
+// and, once ctx is done, cancels it with ipl_cancel until it has returned:
+// a goroutine waits on ctx.Done() meanwhile, and no polling happens while
+// nothing is canceled. A call that ends IPL_E_CANCELED because of ctx
+// returns ctx.Err(). The caller holds raw open (enter/leave) around it.
+func (l *Lock) waitContext(ctx context.Context, op string, raw *C.ipl_lock,
+	wait func() C.int) error {
+	if err := ctx.Err(); err != nil {
 		return err
 	}
-	for {
+	var status C.int
+	if ctx.Done() == nil { // never canceled: just the wait
+		status = wait()
+	} else {
+		returned := make(chan struct{})
+		canceler := make(chan struct{})
+		go func() {
+			defer close(canceler)
+			select {
+			case <-returned:
+				return
+			case <-ctx.Done():
+			}
+			ticker := time.NewTicker(cancelRetry)
+			defer ticker.Stop()
+			for {
+				C.ipl_cancel(raw)
+				select {
+				case <-returned:
+					return
+				case <-ticker.C:
+				}
+			}
+		}()
+		status = wait()
+		close(returned)
+		<-canceler // no ipl_cancel on raw after this call has left
+	}
+	switch status {
+	case C.IPL_OK:
+		return nil
+	case C.IPL_E_CANCELED:
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		slice := contextSlice
-		if deadline, ok := ctx.Deadline(); ok {
-			if left := time.Until(deadline); left < slice {
-				slice = left
-			}
-			if slice < 0 {
-				slice = 0
-			}
-		}
-		ok, err := l.acquire(op, shared, slice)
-		if ok || err != nil {
-			return err
-		}
 	}
+	return l.fail(op, raw, status)
+}
+
+// acquireContext takes the lock, waiting until it is granted or ctx is done.
+func (l *Lock) acquireContext(ctx context.Context, op string, shared bool) error {
+	raw, err := l.enter(op)
+	if err != nil {
+		return err
+	}
+	defer l.leave()
+	return l.waitContext(ctx, op, raw, func() C.int {
+		if shared {
+			return C.ipl_acquire_read(raw, C.IPL_WAIT_FOREVER)
+		}
+		return C.ipl_acquire(raw, C.IPL_WAIT_FOREVER)
+	})
 }
 
 // Lock takes the exclusive lock, waiting as long as it takes.
@@ -321,8 +420,8 @@ func (l *Lock) LockTimeout(d time.Duration) (bool, error) {
 }
 
 // LockContext takes the exclusive lock, waiting until ctx is done; then it
-// returns ctx.Err() and holds nothing. A cancellation is noticed within
-// 20 ms.
+// returns ctx.Err() and holds nothing. The wait is one libipl call, which
+// a done context ends at once (ipl_cancel).
 func (l *Lock) LockContext(ctx context.Context) error {
 	return l.acquireContext(ctx, "lock", false)
 }
@@ -347,7 +446,8 @@ func (l *Lock) RLockTimeout(d time.Duration) (bool, error) {
 	return l.acquire("rlock", true, d)
 }
 
-// RLockContext takes a shared lock, waiting until ctx is done.
+// RLockContext takes a shared lock, waiting until ctx is done (as
+// LockContext).
 func (l *Lock) RLockContext(ctx context.Context) error {
 	return l.acquireContext(ctx, "rlock", true)
 }
@@ -369,6 +469,199 @@ func (l *Lock) release(op string, shared bool) error {
 	}
 	if status != C.IPL_OK {
 		return l.fail(op, raw, status)
+	}
+	return nil
+}
+
+// ---- Beyond lock and unlock (libipl 0.2.0) ---------------------------------------
+
+// State is how others hold the lock, as Query reports it (IPL_STATE_*).
+type State int
+
+// The lock states.
+const (
+	StateFree      State = C.IPL_STATE_FREE      // nobody else holds it
+	StateShared    State = C.IPL_STATE_SHARED    // others hold it shared
+	StateExclusive State = C.IPL_STATE_EXCLUSIVE // another holds it exclusive
+)
+
+func (s State) String() string {
+	switch s {
+	case StateFree:
+		return "free"
+	case StateShared:
+		return "shared"
+	case StateExclusive:
+		return "exclusive"
+	}
+	return fmt.Sprintf("State(%d)", int(s))
+}
+
+// QueryResult is what Query found: a snapshot, possibly stale at once.
+type QueryResult struct {
+	State State
+	// HolderPID is one holder's process id where the OS can tell (ipl.h,
+	// ipl_query: classic fcntl holders such as fasteners through F_GETLK,
+	// OFD holders through /proc/PID/fdinfo where this process may read
+	// it), else -1.
+	HolderPID int
+}
+
+// Query says whether the lock is held by anyone but this Lock right now,
+// how, and by which process (ipl_query). This Lock's own lock never counts:
+// holding it exclusive, Query sees StateFree. An error matching
+// StatusWouldDeadlock means another goroutine is acquiring on this Lock.
+func (l *Lock) Query() (QueryResult, error) { return l.query(true) }
+
+// QueryState is Query without looking up a holder's process id (on Linux,
+// a scan of /proc for OFD holders); HolderPID is then -1.
+func (l *Lock) QueryState() (State, error) {
+	q, err := l.query(false)
+	return q.State, err
+}
+
+func (l *Lock) query(findHolder bool) (QueryResult, error) {
+	result := QueryResult{State: StateFree, HolderPID: -1}
+	raw, err := l.enter("query")
+	if err != nil {
+		return result, err
+	}
+	defer l.leave()
+	var state C.int
+	pid := C.int64_t(-1)
+	var pidOut *C.int64_t
+	if findHolder {
+		pidOut = &pid
+	}
+	if status := C.ipl_query(raw, &state, pidOut); status != C.IPL_OK {
+		return result, l.fail("query", raw, status)
+	}
+	result.State = State(state)
+	if pid >= 0 {
+		result.HolderPID = int(pid)
+	}
+	return result, nil
+}
+
+// Cancel ends a wait in progress on this Lock in another goroutine (Lock,
+// LockTimeout, RLock, Upgrade, ...), which then returns an error matching
+// StatusCanceled and holds what it held before. With no wait in progress it
+// does nothing, also to a wait that starts afterwards: call it again until
+// the waiting call has returned. (The *Context methods do this themselves.)
+func (l *Lock) Cancel() error {
+	raw, err := l.enter("cancel")
+	if err != nil {
+		return err
+	}
+	defer l.leave()
+	if status := C.ipl_cancel(raw); status != C.IPL_OK {
+		return l.fail("cancel", raw, status)
+	}
+	return nil
+}
+
+// Downgrade turns the exclusive lock this Lock holds into a shared one,
+// atomically: no writer can get in between, other readers may join at once.
+// Release it with RUnlock. StatusNotHeld unless the Lock holds it exclusive.
+func (l *Lock) Downgrade() error {
+	raw, err := l.enter("downgrade")
+	if err != nil {
+		return err
+	}
+	defer l.leave()
+	if status := C.ipl_downgrade(raw); status != C.IPL_OK {
+		return l.fail("downgrade", raw, status)
+	}
+	return nil
+}
+
+// Upgrade turns the shared lock this Lock holds into the exclusive one,
+// waiting as long as it takes for the other readers to leave (release it
+// with Unlock). The shared lock is kept while waiting and on every error.
+// Only one upgrade of a lock file waits at a time: when another one (in any
+// process) is waiting already, this returns an error matching
+// StatusWouldDeadlock at once, and the caller should RUnlock so that the
+// other can finish. StatusNotHeld unless the Lock holds it shared.
+func (l *Lock) Upgrade() error {
+	_, err := l.upgrade(WaitForever)
+	return err
+}
+
+// TryUpgrade upgrades if no other reader holds the lock now.
+func (l *Lock) TryUpgrade() (bool, error) { return l.upgrade(0) }
+
+// UpgradeTimeout upgrades, waiting at most d for the other readers to
+// leave; false (and the shared lock kept) when they did not.
+func (l *Lock) UpgradeTimeout(d time.Duration) (bool, error) {
+	if d < 0 {
+		d = 0
+	}
+	return l.upgrade(d)
+}
+
+// UpgradeContext upgrades, waiting until ctx is done; then it returns
+// ctx.Err() and still holds the shared lock.
+func (l *Lock) UpgradeContext(ctx context.Context) error {
+	raw, err := l.enter("upgrade")
+	if err != nil {
+		return err
+	}
+	defer l.leave()
+	return l.waitContext(ctx, "upgrade", raw, func() C.int {
+		return C.ipl_upgrade(raw, C.IPL_WAIT_FOREVER)
+	})
+}
+
+func (l *Lock) upgrade(d time.Duration) (bool, error) {
+	raw, err := l.enter("upgrade")
+	if err != nil {
+		return false, err
+	}
+	defer l.leave()
+	switch status := C.ipl_upgrade(raw, timeoutMs(d)); status {
+	case C.IPL_OK:
+		return true, nil
+	case C.IPL_E_TIMEOUT:
+		return false, nil
+	default:
+		return false, l.fail("upgrade", raw, status)
+	}
+}
+
+// Remove deletes the lock file while this Lock holds it exclusive, then
+// releases the lock (ipl_remove), so that nothing is left behind; a later
+// Lock creates the file again. A Lock waiting elsewhere ends up locking the
+// file the path names next. Remove only lock files that fasteners processes
+// do not use (ipl.h says why). StatusNotHeld unless the Lock holds it
+// exclusive; StatusAccess when the file may not be removed (the lock is
+// then kept).
+func (l *Lock) Remove() error {
+	raw, err := l.enter("remove")
+	if err != nil {
+		return err
+	}
+	defer l.leave()
+	if status := C.ipl_remove(raw); status != C.IPL_OK {
+		return l.fail("remove", raw, status)
+	}
+	return nil
+}
+
+// Check says whether the lock this Lock holds is still held (ipl_check):
+// it asks the OS (on a network file system, the server) and checks that
+// the path still names the locked file. It never waits for the lock, but
+// an unreachable server can keep it waiting until the file system gives
+// up. An error matching StatusLost means the lock is gone (the Lock then
+// holds nothing; lock again); StatusNotHeld that the Lock holds none;
+// StatusWouldDeadlock that another goroutine is acquiring on it.
+func (l *Lock) Check() error {
+	raw, err := l.enter("check")
+	if err != nil {
+		return err
+	}
+	defer l.leave()
+	if status := C.ipl_check(raw); status != C.IPL_OK {
+		return l.fail("check", raw, status)
 	}
 	return nil
 }

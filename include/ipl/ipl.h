@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * ipl.h — libipl: inter-process locks on a lock file, with a stable C ABI.
  *
@@ -165,6 +166,17 @@ extern "C" {
 #define IPL_OPEN_NO_CREATE 0x1u
 /* Do not create missing parent folders (else IPL_E_BAD_PARENT). */
 #define IPL_OPEN_NO_CREATE_DIRS 0x2u
+/* Linux OFD locks only (0.2.0): the lock's descriptor is not close-on-exec
+ * and is left open in forked children, so a child or an exec'd program
+ * inherits the open file description and with it the lock, as with
+ * flock(1): the lock then lasts while any copy of the descriptor is open,
+ * e.g. after the holder is killed (the holder's explicit release or
+ * ipl_close still ends it at once, for every copy). The handle itself
+ * behaves in a forked child as any inherited handle (see "fork()"); an
+ * exec'd program can release the lock through ipl_open_fd on the
+ * inherited descriptor. The descriptor is still never 0, 1 or 2. The
+ * classic backend and Windows: IPL_E_UNSUPPORTED, and nothing is created. */
+#define IPL_OPEN_INHERITABLE 0x4u
 
 /* The opaque handle: one open lock file. */
 typedef struct ipl_lock ipl_lock;
@@ -173,9 +185,11 @@ typedef struct ipl_lock ipl_lock;
  * ipl_open opens (by default creating) the lock file at `path` and stores a
  * new handle in *out. The handle holds no lock yet. The file is never written
  * to and never truncated. Its descriptor is close-on-exec (on Windows: not
- * inheritable): it never reaches child processes; on POSIX it is never 0, 1
- * or 2, so a program started with closed standard streams never writes
- * into the lock file.
+ * inheritable): it never reaches child processes (unless
+ * IPL_OPEN_INHERITABLE); on POSIX it is never 0, 1 or 2, so a program
+ * started with closed standard streams never writes into the lock file
+ * (with no descriptor free above 2, e.g. RLIMIT_NOFILE at 3, ipl_open is
+ * IPL_E_OS with EMFILE).
  *
  * Access: the file is opened for reading and writing. When that is denied
  * (a lock file another user created, a read-only file system), it is
@@ -214,6 +228,32 @@ IPL_API int ipl_open_ex(const char *path, uint32_t flags, ipl_lock **out,
 IPL_API int ipl_open_mode(const char *path, uint32_t flags, uint32_t create_mode,
                           ipl_lock **out, int *os_error);
 
+/* A handle over the caller's descriptor `fd` (a regular file), whose locks
+ * are taken on fd's open file description: shared by every copy of it
+ * (dup, fork, exec), they outlive the calling process while a copy stays
+ * open. Linux OFD locks only. The handle starts out holding what the
+ * description holds already (a lock an earlier process left on it, read
+ * from /proc/self/fdinfo, nothing without /proc: so ipl_release or
+ * ipl_release_read ends it, and an acquire is IPL_E_WOULD_DEADLOCK). Handles over one description (fd
+ * twice, or a dup of it) are one lock owner: they never exclude each
+ * other, and ipl_query through one does not see the description's own
+ * lock. libipl never closes fd nor changes its flags; the caller keeps it
+ * open while the handle lives; ipl_close releases what the handle holds
+ * (for every copy of the description). No path: no identity check,
+ * ipl_check looks at the lock only, ipl_remove is IPL_E_UNSUPPORTED. In a
+ * forked child the handle holds nothing (release: IPL_E_NOT_HELD; close
+ * touches nothing) and acquire and query are IPL_E_UNSUPPORTED. An
+ * exclusive lock needs fd open for writing, a shared one fd open for
+ * reading (else the acquire is IPL_E_ACCESS with ipl_os_error EBADF; an
+ * O_PATH descriptor allows neither). flags must be 0.
+ * Returns IPL_OK; IPL_E_INVALID (fd < 0, NULL out, flags != 0);
+ * IPL_E_OS (EBADF: fd is not open); IPL_E_NOT_REGULAR_FILE (a folder,
+ * FIFO, pipe, socket or device; os_error 0); IPL_E_NO_MEMORY;
+ * IPL_E_UNSUPPORTED (the classic backend, Windows, whatever fd is: their
+ * locks are not per description). On failure *out is NULL (when out is
+ * not NULL). os_error as in ipl_open_ex. */
+IPL_API int ipl_open_fd(int fd, uint32_t flags, ipl_lock **out, int *os_error);
+
 /* Releases whatever the handle holds, closes the file and frees the handle.
  * NULL is a harmless no-op. Must not race with other calls on this handle. */
 IPL_API void ipl_close(ipl_lock *lock);
@@ -232,7 +272,13 @@ IPL_API void ipl_close(ipl_lock *lock);
 IPL_API int ipl_acquire(ipl_lock *lock, int64_t timeout_ms);
 
 /* Releases the exclusive lock. IPL_E_NOT_HELD when the handle holds no lock
- * or holds a shared one (which it keeps); IPL_E_INVALID for NULL. */
+ * or holds a shared one (which it keeps); IPL_E_INVALID for NULL. When the
+ * OS fails to unlock: IPL_E_OS (e.g. EIO), IPL_E_UNSUPPORTED (ENOLCK,
+ * EOPNOTSUPP: mapped as from an acquire) or IPL_E_NO_MEMORY, with the errno
+ * in ipl_os_error(); the handle then still holds the lock (so may the OS),
+ * a retry may succeed, and ipl_close() frees it anyway by closing the file.
+ * IPL_E_LOST: the lock was gone already (see ipl_check); the handle then
+ * holds nothing. */
 IPL_API int ipl_release(ipl_lock *lock);
 
 /* ---- Reader-writer lock ------------------------------------------------
@@ -240,6 +286,7 @@ IPL_API int ipl_release(ipl_lock *lock);
  * ipl_acquire. Returns as ipl_acquire. A handle holding the read lock that
  * asks for write gets IPL_E_WOULD_DEADLOCK: there is no silent upgrade. */
 IPL_API int ipl_acquire_read(ipl_lock *lock, int64_t timeout_ms);
+/* ipl_release_read and ipl_release_write return as ipl_release. */
 IPL_API int ipl_release_read(ipl_lock *lock);
 IPL_API int ipl_acquire_write(ipl_lock *lock, int64_t timeout_ms);
 IPL_API int ipl_release_write(ipl_lock *lock);
@@ -269,7 +316,10 @@ IPL_API int ipl_release_write(ipl_lock *lock);
  * Windows and across hosts (NFS, GlusterFS) *holder_pid is -1.
  *
  * The handle may hold a lock or not; it queries the file its path names now
- * (reopening it first if the file was replaced, when it holds nothing).
+ * (reopening it first if the file was replaced, when it holds nothing). It
+ * never creates the lock file or its folders, whatever the open flags: when
+ * the path names nothing (e.g. after ipl_remove), *state is IPL_STATE_FREE
+ * and *holder_pid -1 (a later acquire creates the file as usual).
  * Returns IPL_OK; IPL_E_INVALID (NULL lock or state);
  * IPL_E_WOULD_DEADLOCK (another thread is acquiring on this handle right
  * now: query through another handle); IPL_E_OS. On failure *state and

@@ -31,6 +31,13 @@
 //   ipl::shared_process_lock rw("/run/myapp/db.lock");
 //   std::shared_lock<ipl::shared_process_lock> reading(rw);
 //
+// Beyond lock and unlock (libipl 0.2.0), on both lock types: query(),
+// cancel(), remove(), check() (is the lock still held: ipl::error with
+// IPL_E_LOST when a file server or a replaced file took it away), the
+// from_fd() factories (locks on the open file description of a caller's
+// descriptor, as flock(1)'s) and the IPL_OPEN_INHERITABLE flag (children
+// inherit the lock); shared_process_lock adds downgrade() and upgrade().
+//
 // Errors: an expected outcome is not an exception. try_lock* (and
 // try_upgrade*) return false when the lock is held elsewhere (IPL_E_TIMEOUT);
 // every other failure throws ipl::error, e.g. IPL_E_WOULD_DEADLOCK when this
@@ -213,13 +220,26 @@ enum held_mode : int { held_none = 0, held_exclusive = 1, held_shared = 2 };
 class handle_owner {
  public:
   handle_owner() noexcept = default;
-  handle_owner(const char *path, uint32_t flags) : path_(path != nullptr ? path : "") {
+  // create_mode < 0: ipl_open_ex; else ipl_open_mode with it.
+  handle_owner(const char *path, uint32_t flags, int64_t create_mode = -1)
+      : path_(path != nullptr ? path : "") {
     int os_error = 0;
-    const int status = ipl_open_ex(path, flags, &handle_, &os_error);
+    const int status =
+        create_mode < 0
+            ? ipl_open_ex(path, flags, &handle_, &os_error)
+            : ipl_open_mode(path, flags, static_cast<uint32_t>(create_mode), &handle_,
+                            &os_error);
     if (status != IPL_OK) throw error(status, os_error, path_);
   }
-  handle_owner(const std::string &path, uint32_t flags)
-      : handle_owner(c_path(path), flags) {}
+  handle_owner(const std::string &path, uint32_t flags, int64_t create_mode = -1)
+      : handle_owner(c_path(path), flags, create_mode) {}
+  // ipl_open_fd: no path (errors carry "").
+  struct from_fd_t {};
+  handle_owner(from_fd_t, int fd) {
+    int os_error = 0;
+    const int status = ipl_open_fd(fd, 0, &handle_, &os_error);
+    if (status != IPL_OK) throw error(status, os_error, path_);
+  }
 
   handle_owner(handle_owner &&other) noexcept
       : handle_(std::exchange(other.handle_, nullptr)),
@@ -250,11 +270,14 @@ class handle_owner {
   // The release of `mode` returned `status`. IPL_E_NOT_HELD while this
   // object took `mode` means the handle came from the parent of a forked
   // child, where it holds nothing (ipl.h, "fork()"), or that remove() let
-  // go of the lock: there is nothing to release, and a std::unique_lock
-  // unwound in the child, or after remove(), must not throw.
+  // go of the lock, or that check() found it lost (IPL_E_LOST): there is
+  // nothing to release, and a std::unique_lock unwound in the child, or
+  // after remove() or a lost lock, must not throw.
   // True when there is nothing more to report.
+  // IPL_E_LOST: the lock is gone already (ipl.h), so nothing is held any
+  // more either; a guard's unlock() must not turn that into std::terminate.
   bool released(int status, held_mode mode) noexcept {
-    if (status == IPL_OK) {
+    if (status == IPL_OK || status == IPL_E_LOST) {
       held_.store(held_none);
       return true;
     }
@@ -384,6 +407,28 @@ class process_lock {
       : file_(path, flags) {}
   explicit process_lock(const std::string &path, uint32_t flags = 0)
       : file_(path, flags) {}
+  // As above, giving a lock file this creates exactly the permissions
+  // create_mode (0 to 0777, e.g. 0664), whatever the umask (ipl_open_mode;
+  // folders it creates get search permission where it gives read). Throws
+  // ipl::error(IPL_E_INVALID) for create_mode > 0777.
+  process_lock(const std::string &path, uint32_t flags, uint32_t create_mode)
+      : file_(path, flags, static_cast<int64_t>(create_mode)) {}
+
+  // A lock object over the caller's descriptor `fd` of a regular file
+  // (ipl_open_fd): its locks are taken on fd's open file description, shared
+  // by every copy of it (dup, fork, exec), and outlive this process while a
+  // copy stays open, as flock(1)'s. If the description holds a lock already
+  // (one an earlier process left on it), the object starts out holding it:
+  // unlock() ends it. libipl never closes fd: keep it open while the object
+  // lives. No path: path() is "", remove() throws IPL_E_UNSUPPORTED. Throws
+  // ipl::error: IPL_E_INVALID (fd < 0), IPL_E_OS (EBADF),
+  // IPL_E_NOT_REGULAR_FILE, IPL_E_UNSUPPORTED (the classic POSIX backend
+  // and Windows, whose locks are not per description).
+  static process_lock from_fd(int fd) {
+    process_lock lock;
+    lock.file_ = wrapper_detail::handle_owner(wrapper_detail::handle_owner::from_fd_t{}, fd);
+    return lock;
+  }
 
   // Move-only. A moved-from object is empty; move assignment first closes
   // (and so releases) what the target held.
@@ -419,7 +464,8 @@ class process_lock {
   // Releases the lock. Throws ipl::error(IPL_E_NOT_HELD) when this object
   // did not take it; never throws when it did (so a std::unique_lock
   // destructor calling it is safe), also in a forked child, where the
-  // object holds nothing and unlock() does nothing (ipl.h, "fork()").
+  // object holds nothing and unlock() does nothing (ipl.h, "fork()"), and
+  // when the lock was lost (IPL_E_LOST: it is gone already).
   void unlock() { wrapper_detail::unlocked(ipl_release(handle()), file_, kExclusive); }
 
   // ---- Beyond lock and unlock (libipl 0.2.0)
@@ -445,6 +491,14 @@ class process_lock {
   // ipl::error: IPL_E_NOT_HELD when this object does not hold the lock,
   // IPL_E_ACCESS when the file may not be removed (the lock is kept).
   void remove() { wrapper_detail::check(ipl_remove(handle()), file_); }
+  // Is the lock this object holds still held (ipl_check)? Asks the OS (on a
+  // network file system, the server) and checks that the path still names
+  // the locked file; never waits for the lock, but an unreachable server
+  // can keep it waiting until the file system gives up. Throws
+  // ipl::error(IPL_E_LOST) when the lock is gone: the object then holds
+  // nothing, and the next unlock() (a guard's) does nothing, as after
+  // remove(). IPL_E_NOT_HELD when the object holds no lock.
+  void check() { wrapper_detail::check(ipl_check(handle()), file_); }
 
   // Closes the handle (releasing the lock if held); the object becomes
   // empty. Calling it again, or on an empty object, does nothing.
@@ -485,6 +539,14 @@ class shared_process_lock {
       : file_(path, flags) {}
   explicit shared_process_lock(const std::string &path, uint32_t flags = 0)
       : file_(path, flags) {}
+  shared_process_lock(const std::string &path, uint32_t flags, uint32_t create_mode)
+      : file_(path, flags, static_cast<int64_t>(create_mode)) {}
+  // As process_lock::from_fd (an inherited shared lock: unlock_shared()).
+  static shared_process_lock from_fd(int fd) {
+    shared_process_lock lock;
+    lock.file_ = wrapper_detail::handle_owner(wrapper_detail::handle_owner::from_fd_t{}, fd);
+    return lock;
+  }
 
   shared_process_lock(shared_process_lock &&) noexcept = default;
   shared_process_lock &operator=(shared_process_lock &&) noexcept = default;
@@ -581,13 +643,15 @@ class shared_process_lock {
         ipl_upgrade(handle(), wrapper_detail::timeout_ms_until(deadline)), file_, kExclusive);
   }
 
-  // ---- Query, cancel, remove: as process_lock (remove() needs the
-  // exclusive lock; the next unlock() then does nothing).
+  // ---- Query, cancel, remove, check: as process_lock (remove() needs the
+  // exclusive lock; after it, or after check() threw IPL_E_LOST, the next
+  // unlock() or unlock_shared() does nothing).
   query_result query(bool find_holder = true) const {
     return wrapper_detail::query(file_, find_holder);
   }
   void cancel() { wrapper_detail::check(ipl_cancel(handle()), file_); }
   void remove() { wrapper_detail::check(ipl_remove(handle()), file_); }
+  void check() { wrapper_detail::check(ipl_check(handle()), file_); }
 
   void close() noexcept { file_.close(); }
   bool is_open() const noexcept { return file_.get() != nullptr; }

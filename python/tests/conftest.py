@@ -19,16 +19,24 @@ import time
 import pytest
 
 CHILD_BOUND_S = 10.0  # how long a test waits for any one line of a child
+
+# The POSIX lock kind of the libipl under test, as scripts/test-bindings
+# built it (IPL_TEST_POSIX_LOCKS=ofd or classic); Linux builds default to
+# OFD locks. On the classic backend ipl_open_fd and IPL_OPEN_INHERITABLE
+# are IPL_E_UNSUPPORTED, and the tests expect exactly that there.
+POSIX_LOCKS = os.environ.get("IPL_TEST_POSIX_LOCKS",
+                             "ofd" if sys.platform.startswith("linux") else "classic")
+OFD_LOCKS = POSIX_LOCKS == "ofd"
 CHILD_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "child.py")
 
 
 class Child:
     """tests/child.py in one of its modes, in its own process."""
 
-    def __init__(self, mode, *args):
+    def __init__(self, mode, *args, pass_fds=()):
         self.process = subprocess.Popen(
             [sys.executable, CHILD_SCRIPT, mode] + [os.fsdecode(a) for a in args],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0, pass_fds=pass_fds)
         self.pending = b""
 
     def send(self, line):
@@ -79,8 +87,8 @@ def lock_path(tmp_path):
 def start_child():
     children = []
 
-    def start(mode, *args):
-        child = Child(mode, *args)
+    def start(mode, *args, pass_fds=()):
+        child = Child(mode, *args, pass_fds=pass_fds)
         children.append(child)
         return child
 

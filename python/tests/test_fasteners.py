@@ -263,29 +263,39 @@ def test_processes_never_overlap_under_the_write_lock(tmp_path, start_child):
 
 # ---- Ctrl-C ----------------------------------------------------------------------
 
-# Catches: a wait done as one long C call (SIGINT is only seen when it
-# returns, so the child hangs and the bound fails), and an interrupted
-# acquire that leaves the lock held (a handle not released).
+# Catches: a wait done as one long C call in the main thread (SIGINT is only
+# seen when it returns, so the child hangs and the bound fails), a Ctrl-C
+# that does not cancel the worker's wait (the child would stay blocked
+# until the lock is free), and an interrupted acquire that leaves the lock
+# held (or an interrupted upgrade that drops, or keeps upgraded, the shared
+# lock it had).
 @pytest.mark.parametrize("api,timeout", [("fasteners", "none"), ("fasteners", "60"),
-                                         ("ipl", "none")])
+                                         ("ipl", "none"), ("upgrade", "none"),
+                                         ("upgrade", "60")])
 def test_ctrl_c_interrupts_a_waiting_acquire(lock_path, start_child, api, timeout):
     holder = ipl.Lock(lock_path)
-    assert holder.acquire()
+    assert holder.acquire(shared=(api == "upgrade"))
     child = start_child("wait-interruptible", lock_path, api, timeout)
     entered_ns = int(child.expect("acquiring")[0])
-    # Well into the wait; 330 ms is no multiple of the 50 ms slice.
-    time.sleep(0.33)
+    time.sleep(0.3)  # well into the wait
     sent_ns = time.monotonic_ns()
     child.interrupt()
     caught_ns = int(child.expect("interrupted", CTRL_C_BOUND_S)[0])
     assert entered_ns < sent_ns < caught_ns
     assert (caught_ns - sent_ns) / 1e9 < CTRL_C_BOUND_S
     holder.release()
-    # The child is alive and must hold nothing.
-    assert holder.acquire(timeout=1.0)
-    holder.release()
     child.send("report")
-    assert child.expect("acquired") == ["False"]
+    if api == "upgrade":
+        # The child still holds its shared lock, and only that.
+        assert child.expect("acquired") == ["shared"]
+        assert holder.acquire(blocking=False, shared=True)
+        holder.release()
+        assert not holder.acquire(timeout=0.2)
+    else:
+        # The child is alive and must hold nothing.
+        assert child.expect("acquired") == ["False"]
+        assert holder.acquire(timeout=1.0)
+        holder.release()
 
 
 # ---- Interoperability with fasteners ---------------------------------------------------

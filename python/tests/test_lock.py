@@ -76,7 +76,7 @@ def test_not_reentrant_and_release_needs_a_held_lock(lock_path):
 
 # Catches: a non-blocking try that sleeps, or reports success while the lock
 # is held elsewhere; a timed wait that ends early (rounding down, a deadline
-# measured from the wrong moment, one slice taken as the whole wait).
+# measured from the wrong moment, the first try taken as the whole wait).
 def test_try_is_immediate_and_timeouts_are_never_cut_short(lock_path):
     holder = ipl.Lock(lock_path)
     assert holder.acquire()
@@ -120,8 +120,8 @@ def test_a_waiter_gets_the_lock_soon_after_the_release(lock_path, timeout):
 
 
 # Catches: a second thread let into a handle that a first thread is still
-# waiting on (the Python-side slices leave gaps a naive check would miss),
-# and close() racing a wait.
+# waiting on (a naive check would miss the moment between its try and its
+# wait), and close() racing a wait.
 def test_a_handle_being_acquired_refuses_other_threads(lock_path):
     holder = ipl.Lock(lock_path)
     assert holder.acquire()

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
 """Compares libipl's ABI with the committed baseline (tests/abi/ipl.abi).
 
   abi_check.py compare --abidiff A --baseline B --headers-dir D --library L

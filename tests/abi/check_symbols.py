@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
 """The exported symbols of libipl.so equal the version script and the header.
 
 Three lists must name the same functions:

@@ -772,44 +772,11 @@ TEST(ClusterIplock, IplockOnAExcludesIplockOnB) {
 
 // ---- fasteners on one mount, libipl on the other --------------------------------
 
-// Python's fasteners (tests/fasteners_peer.py) driven one line at a time.
-class fasteners_peer {
- public:
-  explicit fasteners_peer(const std::string &path)
-      : child_(child_process::program(
-            {cluster().python, std::string(IPL_TESTS_SOURCE_DIR) + "/fasteners_peer.py", path})) {}
-  bool ready() {
-    std::string line;
-    if (child_.read_line(&line) && line == "ready") return true;
-    ADD_FAILURE() << "fasteners peer (" << cluster().python << "): " << line;
-    return false;
-  }
-  // KIND exclusive|read|write, MODE try|block|timeout=MS: the answer's word.
-  std::string acquire(const std::string &kind, const std::string &mode) {
-    child_.write_line("acquire " + kind + " " + mode);
-    std::string word = answer();
-    if (word == "waiting") word = answer();
-    return word;
-  }
-  std::string release() {
-    child_.write_line("release");
-    return answer();
-  }
-
- private:
-  std::string answer() {
-    std::string line;
-    if (!child_.read_line(&line)) return "no answer";
-    return line.substr(0, line.find(' '));
-  }
-  child_process child_;
-};
-
-// fasteners' kind for a libipl mode, and the other way round.
-struct interop_case {
-  const char *fasteners_kind;  // exclusive, read, write
-  lock_mode libipl_mode;
-};
+// Python's fasteners (tests/fasteners_peer.py), driven as a lock agent.
+lock_agent fasteners_peer(const std::string &path) {
+  return lock_agent::program({cluster().python, IPL_TESTS_SOURCE_DIR "/fasteners_peer.py", path},
+                             "fasteners peer (" + cluster().python + ")");
+}
 
 // Catches a libipl lock that fasteners on another host does not see, or the
 // other way round: a different lock kind (flock), a different byte range, or
@@ -818,16 +785,16 @@ TEST(ClusterFasteners, FastenersOnAExcludesLibiplOnB) {
   IPL_REQUIRE_CLUSTER();
   ASSERT_FALSE(cluster().python.empty()) << "IPL_FASTENERS_PYTHON is not set";
   const shared_file file = make_shared_file();
-  fasteners_peer python(file.a);
-  ASSERT_TRUE(python.ready());
+  lock_agent python = fasteners_peer(file.a);
+  ASSERT_TRUE(python.started());
   peer libipl(file.b);
   ASSERT_TRUE(libipl.started());
-  for (const char *kind : {"exclusive", "write", "read"}) {
+  for (const lock_mode held : kAllModes) {
     for (const lock_mode wanted : kAllModes) {
-      SCOPED_TRACE(std::string("fasteners on A holds ") + kind + ", libipl on B wants " +
+      SCOPED_TRACE(std::string("fasteners on A holds ") + mode_name(held) + ", libipl on B wants " +
                    mode_name(wanted));
-      ASSERT_EQ(python.acquire(kind, "try"), "locked");
-      const bool conflict = std::string(kind) != "read" || wanted != lock_mode::shared;
+      ASSERT_EQ(python.acquire(held, 0), IPL_OK);
+      const bool conflict = held != lock_mode::shared || wanted != lock_mode::shared;
       const peer_reply got = libipl.acquire(wanted, 0);
       EXPECT_EQ(got.status, conflict ? IPL_E_TIMEOUT : IPL_OK) << describe(got);
       if (got.status == IPL_OK) {
@@ -837,14 +804,14 @@ TEST(ClusterFasteners, FastenersOnAExcludesLibiplOnB) {
         // A libipl wait on B ends when fasteners on A lets go.
         libipl.start_acquire(wanted, 10000);
         EXPECT_TRUE(libipl.silent_for(100ms));
-        ASSERT_EQ(python.release(), "released");
+        ASSERT_EQ(python.release(held), IPL_OK);
         const peer_reply waited = libipl.reply();
         EXPECT_EQ(waited.status, IPL_OK) << describe(waited);
         if (waited.status == IPL_OK) {
           EXPECT_EQ(libipl.release(wanted).status, IPL_OK);
         }
       } else {
-        ASSERT_EQ(python.release(), "released");
+        ASSERT_EQ(python.release(held), IPL_OK);
       }
     }
   }
@@ -856,22 +823,23 @@ TEST(ClusterFasteners, LibiplOnAExcludesFastenersOnB) {
   const shared_file file = make_shared_file();
   peer libipl(file.a);
   ASSERT_TRUE(libipl.started());
-  fasteners_peer python(file.b);
-  ASSERT_TRUE(python.ready());
+  lock_agent python = fasteners_peer(file.b);
+  ASSERT_TRUE(python.started());
   for (const lock_mode held : kAllModes) {
-    for (const char *kind : {"exclusive", "write", "read"}) {
+    for (const lock_mode wanted : kAllModes) {
       SCOPED_TRACE(std::string("libipl on A holds ") + mode_name(held) + ", fasteners on B wants " +
-                   kind);
+                   mode_name(wanted));
       ASSERT_EQ(libipl.acquire(held, 0).status, IPL_OK);
-      const bool conflict = std::string(kind) != "read" || held != lock_mode::shared;
-      EXPECT_EQ(python.acquire(kind, "try"), conflict ? "busy" : "locked");
-      if (!conflict) {
-        ASSERT_EQ(python.release(), "released");
+      const bool conflict = wanted != lock_mode::shared || held != lock_mode::shared;
+      const int got = python.acquire(wanted, 0);
+      EXPECT_EQ(got, conflict ? IPL_E_TIMEOUT : IPL_OK) << status_text(got);
+      if (got == IPL_OK) {
+        ASSERT_EQ(python.release(wanted), IPL_OK);
       }
       ASSERT_EQ(libipl.release(held).status, IPL_OK);
       if (conflict) {
-        EXPECT_EQ(python.acquire(kind, "try"), "locked") << "after libipl on A released";
-        ASSERT_EQ(python.release(), "released");
+        EXPECT_EQ(python.acquire(wanted, 0), IPL_OK) << "after libipl on A released";
+        ASSERT_EQ(python.release(wanted), IPL_OK);
       }
     }
   }

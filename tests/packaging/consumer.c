@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* A C99 consumer of the installed libipl, built by scripts/test-packaging from
  * `pkg-config ipl` alone (shared) and `pkg-config --static ipl` (static).
  * It locks for real: a second handle on the same file must time out while

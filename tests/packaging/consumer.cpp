@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // A C++17 consumer of the installed libipl through ipl.hpp, built by
 // scripts/test-packaging from `pkg-config ipl` alone (shared) and
 // `pkg-config --static ipl` (static). It locks for real: a second object on

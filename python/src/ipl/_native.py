@@ -35,12 +35,23 @@ class Status(enum.IntEnum):
     INTERNAL = -11
     UNSUPPORTED = -12
     SIGNAL_IN_USE = -13
+    CANCELED = -14
+    LOST = -15
+
+
+class LockState(enum.IntEnum):
+    """How others hold the lock, as Lock.query() reports it (IPL_STATE_*)."""
+
+    FREE = 0
+    SHARED = 1
+    EXCLUSIVE = 2
 
 
 WAIT_FOREVER = -1
 WAIT_SIGNAL_AUTO = -1
 OPEN_NO_CREATE = 0x1
 OPEN_NO_CREATE_DIRS = 0x2
+OPEN_INHERITABLE = 0x4
 
 # The shared library's file name, by platform: the SONAME on ELF systems, the
 # install name on macOS, the DLL MinGW's meson build makes on Windows.
@@ -86,15 +97,24 @@ def _load() -> Tuple[ctypes.CDLL, str]:
         "libipl not found through %s; tried: %s. %s" % (source, "; ".join(failures), INSTALL_HINT))
 
 
-def _declare(lib: ctypes.CDLL) -> bool:
-    """Gives every ipl.h function its C signature. Returns whether the
-    library has ipl_open_mode (libipl 0.2.0, version node IPL_2)."""
+# The functions of libipl 0.2.0 (version node IPL_2) this package needs.
+NEWER_FUNCTIONS = ("ipl_open_mode", "ipl_open_fd", "ipl_query", "ipl_cancel", "ipl_downgrade",
+                   "ipl_upgrade", "ipl_remove", "ipl_check")
+MIN_LIBRARY_VERSION = "0.2.0"
+
+
+def _declare(lib: ctypes.CDLL, name: str) -> None:
+    """Gives every ipl.h function its C signature. Raises
+    LibraryNotFoundError when the library is older than this package."""
     handle = ctypes.c_void_p
     handle_out = ctypes.POINTER(ctypes.c_void_p)
     c_int, c_int64, c_uint32 = ctypes.c_int, ctypes.c_int64, ctypes.c_uint32
     signatures = {
         "ipl_open": (c_int, [ctypes.c_char_p, c_uint32, handle_out]),
         "ipl_open_ex": (c_int, [ctypes.c_char_p, c_uint32, handle_out, ctypes.POINTER(c_int)]),
+        "ipl_open_mode": (c_int, [ctypes.c_char_p, c_uint32, c_uint32, handle_out,
+                                  ctypes.POINTER(c_int)]),
+        "ipl_open_fd": (c_int, [c_int, c_uint32, handle_out, ctypes.POINTER(c_int)]),
         "ipl_close": (None, [handle]),
         "ipl_acquire": (c_int, [handle, c_int64]),
         "ipl_release": (c_int, [handle]),
@@ -102,6 +122,12 @@ def _declare(lib: ctypes.CDLL) -> bool:
         "ipl_release_read": (c_int, [handle]),
         "ipl_acquire_write": (c_int, [handle, c_int64]),
         "ipl_release_write": (c_int, [handle]),
+        "ipl_query": (c_int, [handle, ctypes.POINTER(c_int), ctypes.POINTER(c_int64)]),
+        "ipl_cancel": (c_int, [handle]),
+        "ipl_downgrade": (c_int, [handle]),
+        "ipl_upgrade": (c_int, [handle, c_int64]),
+        "ipl_remove": (c_int, [handle]),
+        "ipl_check": (c_int, [handle]),
         "ipl_set_wait_signal": (c_int, [c_int]),
         "ipl_wait_signal": (c_int, []),
         "ipl_os_error": (c_int, [handle]),
@@ -109,21 +135,21 @@ def _declare(lib: ctypes.CDLL) -> bool:
         "ipl_version_number": (c_uint32, []),
         "ipl_version_string": (ctypes.c_char_p, []),
     }
-    for name, (restype, argtypes) in signatures.items():
-        function = getattr(lib, name)
+    missing = [function for function in NEWER_FUNCTIONS if not hasattr(lib, function)]
+    if missing:
+        found = lib.ipl_version_string
+        found.restype = ctypes.c_char_p
+        raise LibraryNotFoundError(
+            "%s is libipl %s, which lacks %s; this package needs libipl %s or later. %s" % (
+                name, found().decode(), ", ".join(missing), MIN_LIBRARY_VERSION, INSTALL_HINT))
+    for function_name, (restype, argtypes) in signatures.items():
+        function = getattr(lib, function_name)
         function.restype = restype
         function.argtypes = argtypes
-    try:
-        open_mode = lib.ipl_open_mode
-    except AttributeError:
-        return False
-    open_mode.restype = c_int
-    open_mode.argtypes = [ctypes.c_char_p, c_uint32, c_uint32, handle_out, ctypes.POINTER(c_int)]
-    return True
 
 
 lib, library_name = _load()
-has_open_mode = _declare(lib)
+_declare(lib, library_name)
 
 
 def strerror(status: int) -> str:
@@ -242,6 +268,25 @@ class SignalInUseError(IplError):
     default_errno = errno.EBUSY
 
 
+class LostError(IplError):
+    """IPL_E_LOST: the lock this Lock held is gone without a release (a
+    network file server restarted or was cut off, or the lock file was
+    removed or replaced). The Lock holds nothing any more. Only an
+    IplError (an OSError): no builtin names a lock taken away, and a
+    ConnectionError would be wrong for a replaced file. .errno is the OS
+    error libipl saw (e.g. ESTALE, ENOTCONN), else None."""
+
+
+class CanceledError(IplError):
+    """IPL_E_CANCELED: Lock.cancel() (from another thread) ended the wait.
+    Nothing was acquired; an upgrade keeps its shared lock. Only an
+    IplError (an OSError, errno ECANCELED): not an InterruptedError, which
+    code may retry (PEP 475), and not asyncio.CancelledError, a
+    BaseException meant for tasks. (Ctrl-C raises KeyboardInterrupt, never
+    this.)"""
+    default_errno = errno.ECANCELED
+
+
 class _FileNotFound(IplError, FileNotFoundError):
     """IPL_E_OS with ENOENT (create=False and no lock file)."""
 
@@ -267,6 +312,8 @@ _BY_STATUS: Dict[int, Type[IplError]] = {
     Status.INTERNAL: InternalError,
     Status.UNSUPPORTED: UnsupportedError,
     Status.SIGNAL_IN_USE: SignalInUseError,
+    Status.CANCELED: CanceledError,
+    Status.LOST: LostError,
 }
 
 _OS_BY_ERRNO: Dict[int, Type[IplError]] = {

@@ -34,6 +34,11 @@ Differences from fasteners, on purpose:
 - Errors are ipl.IplError subclasses: a bad path raises what fasteners'
   open() would (IsADirectoryError, PermissionError, ...), misuse raises a
   threading.ThreadError.
+- A decorated call nested in another decorated call of the same thread on
+  the same lock file (a decorated function that calls itself) raises
+  ipl.WouldDeadlockError at once, except a read-locked call inside a
+  read-locked one, which runs. (fasteners re-locks the file it holds, and
+  the inner call's release silently drops the outer call's lock.)
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ from typing import Any, Callable, Iterator, Optional, TypeVar
 
 from . import EXCLUSIVE, SHARED, IplError, Lock, NotHeldError, PathArg, Status
 from . import _native
+from . import _recorded_call, _take_for_call
 
 __all__ = [
     "InterProcessLock",
@@ -309,29 +315,56 @@ class InterProcessReaderWriterLock:
 
 # Each call takes the lock through a lock object of its own (fasteners shares
 # one per decorator), so concurrent calls from threads of one process exclude
-# each other too, as libipl handles do.
+# each other too, as libipl handles do. A call nested in a decorated call of
+# the same thread on the same lock file would wait for itself for ever; it
+# raises ipl.WouldDeadlockError (a threading.ThreadError) at once instead
+# (a read-locked call inside a read-locked one runs). See ipl.locked.
 
 
-def _locked_around_each_call(take_lock: Callable[[], Any]) -> Callable[[F], F]:
+def _locked_around_each_call(take: Callable[[], Any], shared: bool) -> Callable[[F], F]:
+    """take() -> (path, try_once, wait, release, close) for one call."""
     def decorator(function: F) -> F:
         @functools.wraps(function)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            with take_lock():
-                return function(*args, **kwargs)
+            path, try_once, wait, release, close = take()
+            try:
+                _take_for_call(path, shared, try_once, wait)
+                try:
+                    with _recorded_call(path, shared):
+                        return function(*args, **kwargs)
+                finally:
+                    release()
+            finally:
+                close()
         return wrapper  # type: ignore[return-value]
     return decorator
 
 
+def _exclusive_steps(path: PathArg):
+    lock = InterProcessLock(path)
+    return (lock.path, lambda: lock.acquire(blocking=False), lock.acquire, lock.release,
+            lock._do_close)
+
+
+def _reader_writer_steps(path: PathArg, shared: bool):
+    rw = InterProcessReaderWriterLock(path)
+    if shared:
+        return (rw.path, lambda: rw.acquire_read_lock(blocking=False), rw.acquire_read_lock,
+                rw.release_read_lock, rw._do_close)
+    return (rw.path, lambda: rw.acquire_write_lock(blocking=False), rw.acquire_write_lock,
+            rw.release_write_lock, rw._do_close)
+
+
 def interprocess_locked(path: PathArg) -> Callable[[F], F]:
     """Decorator: takes the exclusive lock on `path` around each call."""
-    return _locked_around_each_call(lambda: InterProcessLock(path))
+    return _locked_around_each_call(lambda: _exclusive_steps(path), shared=False)
 
 
 def interprocess_read_locked(path: PathArg) -> Callable[[F], F]:
     """Decorator: takes the read (shared) lock on `path` around each call."""
-    return _locked_around_each_call(lambda: InterProcessReaderWriterLock(path).read_lock())
+    return _locked_around_each_call(lambda: _reader_writer_steps(path, True), shared=True)
 
 
 def interprocess_write_locked(path: PathArg) -> Callable[[F], F]:
     """Decorator: takes the write (exclusive) lock on `path` around each call."""
-    return _locked_around_each_call(lambda: InterProcessReaderWriterLock(path).write_lock())
+    return _locked_around_each_call(lambda: _reader_writer_steps(path, False), shared=False)

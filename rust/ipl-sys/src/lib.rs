@@ -43,6 +43,8 @@ pub const IPL_E_BAD_PARENT: c_int = -10;
 pub const IPL_E_INTERNAL: c_int = -11;
 pub const IPL_E_UNSUPPORTED: c_int = -12;
 pub const IPL_E_SIGNAL_IN_USE: c_int = -13;
+pub const IPL_E_CANCELED: c_int = -14;
+pub const IPL_E_LOST: c_int = -15;
 
 /// Wait without a time limit.
 pub const IPL_WAIT_FOREVER: i64 = -1;
@@ -50,9 +52,15 @@ pub const IPL_WAIT_FOREVER: i64 = -1;
 // ---- Open flags -----------------------------------------------------------------
 pub const IPL_OPEN_NO_CREATE: u32 = 0x1;
 pub const IPL_OPEN_NO_CREATE_DIRS: u32 = 0x2;
+pub const IPL_OPEN_INHERITABLE: u32 = 0x4;
 
 /// `ipl_set_wait_signal`: pick a free signal.
 pub const IPL_WAIT_SIGNAL_AUTO: c_int = -1;
+
+// ---- Lock states (`ipl_query`) --------------------------------------------------
+pub const IPL_STATE_FREE: c_int = 0;
+pub const IPL_STATE_SHARED: c_int = 1;
+pub const IPL_STATE_EXCLUSIVE: c_int = 2;
 
 extern "C" {
     // ---- Opening and closing
@@ -70,6 +78,12 @@ extern "C" {
         out: *mut *mut ipl_lock,
         os_error: *mut c_int,
     ) -> c_int;
+    pub fn ipl_open_fd(
+        fd: c_int,
+        flags: u32,
+        out: *mut *mut ipl_lock,
+        os_error: *mut c_int,
+    ) -> c_int;
     pub fn ipl_close(lock: *mut ipl_lock);
 
     // ---- Exclusive lock
@@ -81,6 +95,14 @@ extern "C" {
     pub fn ipl_release_read(lock: *mut ipl_lock) -> c_int;
     pub fn ipl_acquire_write(lock: *mut ipl_lock, timeout_ms: i64) -> c_int;
     pub fn ipl_release_write(lock: *mut ipl_lock) -> c_int;
+
+    // ---- Beyond acquire and release (0.2.0)
+    pub fn ipl_query(lock: *mut ipl_lock, state: *mut c_int, holder_pid: *mut i64) -> c_int;
+    pub fn ipl_cancel(lock: *mut ipl_lock) -> c_int;
+    pub fn ipl_downgrade(lock: *mut ipl_lock) -> c_int;
+    pub fn ipl_upgrade(lock: *mut ipl_lock, timeout_ms: i64) -> c_int;
+    pub fn ipl_remove(lock: *mut ipl_lock) -> c_int;
+    pub fn ipl_check(lock: *mut ipl_lock) -> c_int;
 
     // ---- How timed waits sleep
     pub fn ipl_set_wait_signal(signo: c_int) -> c_int;

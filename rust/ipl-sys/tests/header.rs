@@ -66,7 +66,7 @@ fn header_integer_macros(header: &str) -> BTreeMap<String, i64> {
 fn declares_every_function_of_the_header() {
     let header = header();
     let wanted = header_functions(&header);
-    assert!(wanted.len() >= 16, "parsed too few functions: {:?}", wanted);
+    assert!(wanted.len() >= 21, "parsed too few functions: {:?}", wanted);
     let declared: Vec<String> = {
         let mut names: Vec<String> = BINDINGS
             .match_indices("pub fn ")
@@ -87,7 +87,9 @@ fn declares_every_function_of_the_header() {
 fn constants_match_the_header() {
     let header = header();
     let macros = header_integer_macros(&header);
-    assert!(macros.contains_key("IPL_E_SIGNAL_IN_USE"), "{:?}", macros);
+    for expected in ["IPL_E_SIGNAL_IN_USE", "IPL_E_CANCELED", "IPL_STATE_EXCLUSIVE"] {
+        assert!(macros.contains_key(expected), "{} not parsed: {:?}", expected, macros);
+    }
     for (name, value) in &macros {
         if name == "IPL_IPL_H" || name.ends_with("_NUMBER") {
             continue;
@@ -129,4 +131,60 @@ fn the_linked_library_answers() {
         assert!(raw.is_null());
         ipl_sys::ipl_close(std::ptr::null_mut());
     }
+}
+
+// Catches: a 0.2.0 declaration whose parameters do not match the library's
+// (a wrong order or width would misbehave here), e.g. ipl_upgrade's timeout
+// or ipl_query's out-pointers; and NULL handles not reaching the library's
+// checks.
+#[test]
+fn the_0_2_functions_work_through_these_declarations() {
+    use ipl_sys::*;
+    let dir = std::env::temp_dir().join(format!("ipl-sys-test-{}", std::process::id()));
+    let path = dir.join("lock");
+    let c_path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    unsafe {
+        let mut state = -7;
+        let mut pid: i64 = -7;
+        assert_eq!(ipl_query(std::ptr::null_mut(), &mut state, &mut pid), IPL_E_INVALID);
+        assert_eq!((state, pid), (-7, -7));
+        for status in [
+            ipl_cancel(std::ptr::null_mut()),
+            ipl_downgrade(std::ptr::null_mut()),
+            ipl_upgrade(std::ptr::null_mut(), 0),
+            ipl_remove(std::ptr::null_mut()),
+            ipl_check(std::ptr::null_mut()),
+        ] {
+            assert_eq!(status, IPL_E_INVALID);
+        }
+
+        let mut out = 1 as *mut ipl_lock;
+        let mut os_error = -7;
+        assert_eq!(ipl_open_fd(-1, 0, &mut out, &mut os_error), IPL_E_INVALID);
+        assert!(out.is_null(), "*out not set to NULL on failure");
+
+        let mut first = std::ptr::null_mut();
+        let mut second = std::ptr::null_mut();
+        assert_eq!(ipl_open(c_path.as_ptr(), 0, &mut first), IPL_OK);
+        assert_eq!(ipl_open(c_path.as_ptr(), 0, &mut second), IPL_OK);
+        assert_eq!(ipl_check(first), IPL_E_NOT_HELD);
+        assert_eq!(ipl_acquire(first, 0), IPL_OK);
+        assert_eq!(ipl_check(first), IPL_OK);
+        assert_eq!(ipl_query(second, &mut state, &mut pid), IPL_OK);
+        assert_eq!((state, pid), (IPL_STATE_EXCLUSIVE, i64::from(std::process::id())));
+        assert_eq!(ipl_downgrade(first), IPL_OK);
+        assert_eq!(ipl_acquire_read(second, 0), IPL_OK);
+        assert_eq!(ipl_query(first, &mut state, std::ptr::null_mut()), IPL_OK);
+        assert_eq!(state, IPL_STATE_SHARED);
+        assert_eq!(ipl_upgrade(first, 1), IPL_E_TIMEOUT);
+        assert_eq!(ipl_cancel(first), IPL_OK); // no wait in progress: nothing
+        assert_eq!(ipl_release_read(second), IPL_OK);
+        assert_eq!(ipl_upgrade(first, IPL_WAIT_FOREVER), IPL_OK);
+        assert_eq!(ipl_remove(first), IPL_OK);
+        assert!(!path.exists());
+        assert_eq!(ipl_release(first), IPL_E_NOT_HELD);
+        ipl_close(first);
+        ipl_close(second);
+    }
+    std::fs::remove_dir_all(&dir).ok();
 }

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Built against libipl as a subproject: takes a lock, checks that a second
  * handle on the same file is refused, releases.
  * Usage: subproject_consumer LOCK_FILE */
