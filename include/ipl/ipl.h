@@ -331,7 +331,9 @@ IPL_API int ipl_query(ipl_lock *lock, int *state, int64_t *holder_pid);
  * returns IPL_E_CANCELED within the latency of a deadline (the wait signal
  * or the polling sleep is woken at once). With no wait in progress it does
  * nothing and does not affect later waits: a wait that starts after the
- * call is not canceled (call again once it has started).
+ * call is not canceled (call again once it has started). Windows: a wait
+ * with IPL_WAIT_FOREVER blocks in LockFileEx, which nothing can end, so
+ * cancel does not reach it (timed waits poll there and are canceled).
  * Returns IPL_OK; IPL_E_INVALID (NULL). */
 IPL_API int ipl_cancel(ipl_lock *lock);
 
@@ -366,7 +368,9 @@ IPL_API int ipl_upgrade(ipl_lock *lock, int64_t timeout_ms);
  * nobody who opens the path afterwards; remove only lock files that
  * fasteners processes do not use. If the path no longer names the locked
  * file (someone replaced it), nothing is removed. The handle holds nothing
- * afterwards; a later acquire creates the file again.
+ * afterwards; a later acquire creates the file again. Windows without
+ * POSIX delete semantics (older Windows, Wine): the file stays at its path
+ * until every other handle open on it is closed.
  * Returns IPL_OK; IPL_E_INVALID (NULL); IPL_E_NOT_HELD (not held
  * exclusive; what the handle holds is kept); IPL_E_ACCESS (no permission to
  * remove it: the lock is then kept); IPL_E_OS. */

@@ -63,6 +63,8 @@
 // which then throws ipl::error(IPL_E_CANCELED) and holds what it held
 // before. With no wait in progress cancel() does nothing, also to a wait
 // that starts later: call it again until the waiting thread has returned.
+// On Windows a forever wait (lock(), lock_shared()) cannot be canceled;
+// timed waits can (see ipl_cancel in ipl.h).
 #ifndef IPL_IPL_HPP
 #define IPL_IPL_HPP
 
