@@ -186,7 +186,7 @@ IPL_API const char *ipl_strerror(int status) {
     case IPL_E_TIMEOUT: return "lock not acquired in time (held elsewhere)";
     case IPL_E_INVALID: return "invalid argument";
     case IPL_E_NOT_HELD: return "lock not held by this handle";
-    case IPL_E_WOULD_DEADLOCK: return "would deadlock: this handle already holds or is acquiring the lock";
+    case IPL_E_WOULD_DEADLOCK: return "would deadlock: the lock is held or being acquired through this handle (or this thread), or another upgrade is waiting";
     case IPL_E_ACCESS: return "permission denied";
     case IPL_E_NOT_REGULAR_FILE: return "not a regular file";
     case IPL_E_NAME_TOO_LONG: return "file name too long";
@@ -194,7 +194,7 @@ IPL_API const char *ipl_strerror(int status) {
     case IPL_E_OS: return "operating system error";
     case IPL_E_BAD_PARENT: return "a parent of the lock file is not a folder or is missing";
     case IPL_E_INTERNAL: return "internal error in libipl";
-    case IPL_E_UNSUPPORTED: return "not supported on this platform";
+    case IPL_E_UNSUPPORTED: return "not supported here (platform, lock backend or file system)";
     case IPL_E_SIGNAL_IN_USE: return "the signal has an application handler";
     case IPL_E_CANCELED: return "the wait was canceled";
     case IPL_E_LOST: return "the lock was lost (file server, connection, or lock file replaced)";

@@ -61,6 +61,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <pthread.h>
 #include <sched.h>
 #include <sys/mman.h>
@@ -351,8 +352,25 @@ constexpr int kCreateRounds = 8;
 
 // Opens (or creates) the lock file. On success *writable says whether it is
 // open for writing; a refused O_RDWR leaves its errno in *write_denied.
+// The file a symbolic link at `link` points to, when `link` is one (the
+// target made absolute against the link's folder); false otherwise.
+bool symlink_target(const std::string &link, std::string *target) {
+  std::string text(PATH_MAX, '\0');
+  const ssize_t got = ::readlink(link.c_str(), &text[0], text.size());
+  if (got <= 0 || size_t(got) >= text.size()) return false;
+  text.resize(size_t(got));
+  if (text[0] != '/') text = link.substr(0, link.rfind('/') + 1) + text;
+  *target = text;
+  return true;
+}
+
 int open_descriptor(const std::string &path, uint32_t flags, int create_mode, bool *writable,
                     int *write_denied, os_result *failed) {
+  // Where the file is created: the path, or where a dangling symbolic link
+  // at the path points (O_EXCL never follows a link, so it says EEXIST
+  // while a plain open says ENOENT; fasteners and flock(1) create the
+  // target, and so does libipl, but it never creates folders for it).
+  std::string create_at = path;
   const char *p = path.c_str();
   const int base = base_open_flags(flags);
   int fd = open_retrying(p, O_RDWR | base, 0);
@@ -361,7 +379,7 @@ int open_descriptor(const std::string &path, uint32_t flags, int create_mode, bo
        ++round) {
     const bool exact = create_mode != kDefaultCreateMode;
     const mode_t mode = exact ? mode_t(create_mode) : kDefaultFileMode;
-    fd = open_retrying(p, O_RDWR | O_CREAT | O_EXCL | base, mode);
+    fd = open_retrying(create_at.c_str(), O_RDWR | O_CREAT | O_EXCL | base, mode);
     if (fd >= 0) {
       if (exact && sys::calls.fchmod(fd, mode) != 0) {
         *failed = open_failure(errno);
@@ -373,8 +391,17 @@ int open_descriptor(const std::string &path, uint32_t flags, int create_mode, bo
     const int err = errno;
     if (err == EEXIST) {
       fd = open_retrying(p, O_RDWR | base, 0);  // another creator won
+      std::string target;
+      if (fd < 0 && errno == ENOENT && symlink_target(create_at, &target)) {
+        create_at = target;  // a dangling link: create what it points to
+        errno = ENOENT;
+      }
     } else if (err == ENOENT) {
-      // A parent folder is missing.
+      // A parent folder is missing (of the link's target: not ours to make).
+      if (create_at != path) {
+        *failed = open_failure(ENOENT);
+        return -1;
+      }
       if (flags & IPL_OPEN_NO_CREATE_DIRS) {
         *failed = failure(IPL_E_BAD_PARENT, ENOENT);
         return -1;

@@ -122,13 +122,16 @@ class ofd_lock_file final : public lock_file {
   }
 
   os_result reopen() override {
-    if (borrowed_) return posix::failure(IPL_E_UNSUPPORTED, 0);
+    if (borrowed_) return describe_again();
     drop_descriptor();
     return open();
   }
 
   os_result reopen_existing(bool *found) override {
-    if (borrowed_) return posix::failure(IPL_E_UNSUPPORTED, 0);
+    if (borrowed_) {
+      *found = true;
+      return describe_again();
+    }
     drop_descriptor();
     return posix::missing_as_not_found(open(IPL_OPEN_NO_CREATE | IPL_OPEN_NO_CREATE_DIRS), found);
   }
@@ -138,6 +141,21 @@ class ofd_lock_file final : public lock_file {
   }
 
  private:
+  // A caller's descriptor has no path to open again. In this process the
+  // descriptor itself is what the handle locks, also after IPL_E_LOST
+  // (EBADF if the caller has closed it meanwhile). In a forked child it is
+  // the parent's open file description, whose lock is the parent's: a lock
+  // taken through it would be shared with the parent, so never.
+  os_result describe_again() {
+    if (inherited()) return posix::failure(IPL_E_UNSUPPORTED, 0);
+    opened_file again;
+    const os_result described = posix::describe_descriptor(file_.fd, &again);
+    if (described.status != IPL_OK) return described;
+    file_ = again;
+    held_ = false;
+    return {};
+  }
+
   // Unlocks (see the top of the file) and closes — unless the descriptor
   // is the parent's copy, already closed at the fork: its number may
   // belong to something else by now.

@@ -1210,6 +1210,42 @@ TEST(ApiSymlink, LockThroughSymlinkedFolderLocksTheSameFile) {
   EXPECT_EQ(ipl_release(direct.lock), IPL_OK);
 }
 
+// Catches: a dangling symlink at the path refused with ENOENT (O_EXCL never
+// follows a link: EEXIST, then a plain open says ENOENT) where fasteners
+// and flock(1) create the file it points to; or folders created for the
+// target; or a relative target resolved against the working folder.
+TEST(ApiSymlink, DanglingSymlinkCreatesItsTarget) {
+  temp_dir dir;
+  ASSERT_EQ(mkdir(dir.path("sub").c_str(), 0755), 0);
+  const std::string link = dir.path("sub/link.lock");
+  ASSERT_EQ(symlink("target.lock", link.c_str()), 0) << strerror(errno);  // relative
+  for (int round = 0; round < 2; ++round) {  // created, then opened through the link
+    SCOPED_TRACE("round " + std::to_string(round));
+    const uint32_t create_mode = 0640u;
+    ipl_lock *lock = nullptr;
+    int os_error = -1;
+    ASSERT_EQ(ipl_open_mode(link.c_str(), 0, create_mode, &lock, &os_error), IPL_OK)
+        << "os_error " << os_error;
+    handle_guard via_link(lock);
+    struct stat st {};
+    ASSERT_EQ(stat(dir.path("sub/target.lock").c_str(), &st), 0) << "the target was not created";
+    EXPECT_EQ(st.st_mode & 0777u, create_mode);
+    handle_guard direct(open_ok(dir.path("sub/target.lock")));
+    ASSERT_EQ(ipl_acquire(via_link.lock, 0), IPL_OK);
+    EXPECT_EQ(ipl_acquire_read(direct.lock, 0), IPL_E_TIMEOUT) << "two files were locked";
+    EXPECT_EQ(ipl_release(via_link.lock), IPL_OK);
+    ASSERT_EQ(lstat(link.c_str(), &st), 0);
+    EXPECT_TRUE(S_ISLNK(st.st_mode)) << "the symlink was replaced";
+  }
+  // A link into a missing folder: libipl creates no folder for it.
+  const std::string far_link = dir.path("far.lock");
+  ASSERT_EQ(symlink(dir.path("nowhere/target.lock").c_str(), far_link.c_str()), 0);
+  int os_error = -1;
+  EXPECT_TRUE(open_fails_with(far_link, 0, IPL_E_OS, &os_error));
+  EXPECT_EQ(os_error, ENOENT);
+  EXPECT_FALSE(exists(dir.path("nowhere")));
+}
+
 #endif  // !_WIN32 (symlinks need a privilege on Windows)
 
 #ifdef _WIN32

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // Beyond acquire and release (ipl.h, 0.2.0): ipl_query, ipl_cancel,
 // ipl_downgrade, ipl_upgrade and ipl_remove, with real processes as the
 // other parties (lock_agent, the beyond_agent helper below, and fasteners

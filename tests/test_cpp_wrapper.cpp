@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // Tests of the C++ wrapper (include/ipl/ipl.hpp): error reporting, the
 // standard lock requirements, timeout conversion, move semantics, the
 // decorators, and exclusion of another process.

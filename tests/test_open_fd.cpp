@@ -466,6 +466,39 @@ TEST(ConflictOpenFd, NewHandleSeesTheDescriptionsLockAndReleasesIt) {
   close(fd);
 }
 
+// Catches: a handle over a descriptor that is unusable for good after
+// IPL_E_LOST (it has no path to reopen: it must lock the same descriptor
+// again), or one that still "holds" after another handle over the same
+// description released the lock.
+TEST(ConflictOpenFd, AfterALossTheHandleLocksTheDescriptorAgain) {
+  if (!kOfdBuild) GTEST_SKIP() << kNeedsOfd;
+  temp_dir dir;
+  const std::string path = dir.path("lock");
+  const int fd = open_file(path, O_RDWR);
+  ASSERT_GE(fd, 0);
+  ipl_lock *first = nullptr;
+  ipl_lock *second = nullptr;
+  ASSERT_EQ(ipl_open_fd(fd, 0, &first, nullptr), IPL_OK);
+  ASSERT_EQ(ipl_acquire(first, 0), IPL_OK);
+  ASSERT_EQ(ipl_open_fd(fd, 0, &second, nullptr), IPL_OK);  // sees the lock: holds it
+  ASSERT_EQ(ipl_release(second), IPL_OK);                   // ends it for both
+  EXPECT_EQ(try_from_other_process(path, lock_mode::exclusive), IPL_OK);
+  EXPECT_EQ(ipl_check(first), IPL_E_LOST);
+  EXPECT_EQ(ipl_release(first), IPL_E_NOT_HELD);
+  EXPECT_EQ(ipl_acquire(first, 0), IPL_OK) << "the handle must lock its descriptor again";
+  EXPECT_EQ(try_from_other_process(path, lock_mode::exclusive), IPL_E_TIMEOUT);
+  EXPECT_EQ(ipl_check(first), IPL_OK);
+  ASSERT_EQ(ipl_release(first), IPL_OK);
+  ipl_close(second);
+  // The caller closed the descriptor: a clear EBADF, never a crash.
+  ASSERT_EQ(ipl_acquire(first, 0), IPL_OK);
+  ASSERT_EQ(close(fd), 0);
+  EXPECT_EQ(ipl_check(first), IPL_E_LOST);
+  EXPECT_EQ(ipl_acquire(first, 0), IPL_E_OS);
+  EXPECT_EQ(ipl_os_error(first), EBADF);
+  ipl_close(first);
+}
+
 // ---- IPL_OPEN_INHERITABLE (OFD) ---------------------------------------------------
 
 // Catches: the flag not reaching open() (descriptor close-on-exec), the

@@ -951,18 +951,25 @@ func TestDowngradeAndUpgrade(t *testing.T) {
 	if ok, err := lock.UpgradeTimeout(100 * time.Millisecond); ok || err != nil || time.Since(start) < 100*time.Millisecond {
 		t.Fatal("UpgradeTimeout beside another reader:", ok, err, time.Since(start))
 	}
-	// `other` upgrades too, while `lock` waits: one of them must fail at once.
+	// `other` upgrades too, while `lock` waits: it must fail at once. It asks
+	// only once `lock`'s upgrade is under way (a query through a handle that
+	// is acquiring says StatusWouldDeadlock), and a moment later, once that
+	// upgrade holds the arbitration byte: a try before that would hold the
+	// byte itself for an instant and could make `lock`'s upgrade the one
+	// that fails.
 	upgraded := make(chan error, 1)
 	go func() { upgraded <- lock.Upgrade() }()
-	var err error
-	for deadline := time.Now().Add(bound); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
-		var ok bool
-		if ok, err = other.TryUpgrade(); ok || err != nil {
+	for deadline := time.Now().Add(bound); ; time.Sleep(time.Millisecond) {
+		if _, err := lock.Query(); errors.Is(err, StatusWouldDeadlock) {
 			break
 		}
+		if time.Now().After(deadline) {
+			t.Fatal("the upgrade never started")
+		}
 	}
-	if !errors.Is(err, StatusWouldDeadlock) {
-		t.Fatal("the second upgrader:", err)
+	time.Sleep(100 * time.Millisecond)
+	if ok, err := other.TryUpgrade(); ok || !errors.Is(err, StatusWouldDeadlock) {
+		t.Fatal("the second upgrader:", ok, err)
 	}
 	start = time.Now()
 	if _, err := other.UpgradeTimeout(bound); !errors.Is(err, StatusWouldDeadlock) || time.Since(start) > time.Second {

@@ -195,7 +195,10 @@ typedef struct ipl_lock ipl_lock;
  * (a lock file another user created, a read-only file system), it is
  * opened read-only instead: such a handle takes shared locks, and an
  * exclusive acquire on it is IPL_E_ACCESS. A file that can be opened
- * neither way is IPL_E_ACCESS from ipl_open. Opening a FIFO never
+ * neither way is IPL_E_ACCESS from ipl_open. Symbolic links are followed;
+ * a dangling one at the path gets the file it points to created (as
+ * fasteners and flock(1) do), but never folders for it (IPL_E_OS with
+ * ENOENT when its folder is missing). Opening a FIFO never
  * blocks: it fails with IPL_E_NOT_REGULAR_FILE, as do DOS device names
  * (NUL, CON, COM1, ...) on Windows, which are never opened. On Windows a
  * path that is not valid UTF-8 is IPL_E_OS (ERROR_NO_UNICODE_TRANSLATION).
@@ -234,10 +237,15 @@ IPL_API int ipl_open_mode(const char *path, uint32_t flags, uint32_t create_mode
  * open. Linux OFD locks only. The handle starts out holding what the
  * description holds already (a lock an earlier process left on it, read
  * from /proc/self/fdinfo, nothing without /proc: so ipl_release or
- * ipl_release_read ends it, and an acquire is IPL_E_WOULD_DEADLOCK). Handles over one description (fd
- * twice, or a dup of it) are one lock owner: they never exclude each
- * other, and ipl_query through one does not see the description's own
- * lock. libipl never closes fd nor changes its flags; the caller keeps it
+ * ipl_release_read ends it, and an acquire is IPL_E_WOULD_DEADLOCK).
+ * Handles over one description (fd twice, or a dup of it) are one lock
+ * owner: they never exclude each other, ipl_query through one does not see
+ * the description's own lock, and a release through one (or through
+ * another process's copy, as `iplock -u`) ends the lock for all of them
+ * while the others still count it as held: ipl_check through them then
+ * says IPL_E_LOST. After IPL_E_LOST the handle locks the same descriptor
+ * again (IPL_E_OS with EBADF if the caller has closed it). libipl never
+ * closes fd nor changes its flags; the caller keeps it
  * open while the handle lives; ipl_close releases what the handle holds
  * (for every copy of the description). No path: no identity check,
  * ipl_check looks at the lock only, ipl_remove is IPL_E_UNSUPPORTED. In a
