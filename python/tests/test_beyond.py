@@ -258,15 +258,21 @@ def test_a_second_upgrader_gets_would_deadlock_at_once(lock_path):
     upgrader = threading.Thread(target=lambda: outcome.append(first.upgrade(timeout=CHILD_BOUND_S)))
     upgrader.start()
     try:
+        # Ask only once the first upgrade is under way (a query through a
+        # handle that is acquiring raises WouldDeadlockError) and holds the
+        # arbitration byte: a try before that would hold the byte itself for
+        # an instant and could make the first upgrade the one that fails.
         deadline = time.monotonic() + CHILD_BOUND_S
-        raised = None
-        while raised is None and time.monotonic() < deadline:
+        while True:
             try:
-                assert not second.upgrade(blocking=False), "upgraded beside a reader"
-                time.sleep(0.001)
-            except ipl.WouldDeadlockError as error:
-                raised = error
-        assert raised is not None
+                first.query(find_holder=False)
+            except ipl.WouldDeadlockError:
+                break
+            assert time.monotonic() < deadline, "the first upgrade never started"
+            time.sleep(0.001)
+        time.sleep(0.1)
+        with pytest.raises(ipl.WouldDeadlockError):
+            second.upgrade(blocking=False)
         start = time.monotonic()
         with pytest.raises(ipl.WouldDeadlockError):
             second.upgrade(timeout=CHILD_BOUND_S)

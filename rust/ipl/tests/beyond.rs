@@ -359,17 +359,24 @@ fn a_second_upgrader_fails_at_once_and_keeps_its_shared_lock() {
     thread::scope(|scope| {
         let first_shared = first.lock_shared().unwrap();
         let upgrader = scope.spawn(move || first_shared.upgrade_timeout(BOUND).map(|_| ()));
-        let mut guard = second_shared;
+        // Ask only once the first upgrade is under way (a query through a
+        // Lock that is acquiring says IPL_E_WOULD_DEADLOCK) and holds the
+        // arbitration byte: a try before that would hold the byte itself for
+        // an instant and could make the first upgrade the one that fails.
         let start = Instant::now();
-        let error = loop {
-            match guard.try_upgrade() {
-                Ok(_) => panic!("upgraded beside a reader"),
-                Err(error) if error.status() == sys::IPL_E_TIMEOUT && start.elapsed() < BOUND => {
-                    guard = error.into_guard();
+        loop {
+            match first.query() {
+                Err(error) if error.status() == sys::IPL_E_WOULD_DEADLOCK => break,
+                _ => {
+                    assert!(start.elapsed() < BOUND, "the first upgrade never started");
                     thread::sleep(Duration::from_millis(1));
                 }
-                Err(error) => break error,
             }
+        }
+        thread::sleep(Duration::from_millis(100));
+        let error = match second_shared.try_upgrade() {
+            Ok(_) => panic!("upgraded beside a reader"),
+            Err(error) => error,
         };
         assert_eq!(error.status(), sys::IPL_E_WOULD_DEADLOCK);
         let guard = error.into_guard();
