@@ -392,8 +392,11 @@ int open_descriptor(const std::string &path, uint32_t flags, int create_mode, bo
     if (err == EEXIST) {
       fd = open_retrying(p, O_RDWR | base, 0);  // another creator won
       std::string target;
-      if (fd < 0 && errno == ENOENT && symlink_target(create_at, &target)) {
-        create_at = target;  // a dangling link: create what it points to
+      if (fd < 0 && errno == ENOENT) {
+        // A dangling link: create what it points to. Otherwise the file
+        // was removed meanwhile (or a network client's cache lags): go
+        // round again. readlink's own errno (EINVAL) is not the answer.
+        if (symlink_target(create_at, &target)) create_at = target;
         errno = ENOENT;
       }
     } else if (err == ENOENT) {

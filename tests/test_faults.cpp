@@ -301,6 +301,15 @@ int open_loses_create_race(const char *path, int flags, mode_t mode) {
   return real().open(path, flags, mode);
 }
 
+// A network client whose cache lags (GlusterFS, two mounts creating one
+// file at once): the file exists, so the O_EXCL create says EEXIST, but the
+// first plain opens still say ENOENT.
+std::atomic<int> lagging_plain_opens{0};
+int open_cache_lags(const char *path, int flags, mode_t mode) {
+  if (!(flags & O_CREAT) && lagging_plain_opens.fetch_sub(1) > 0) return fail_with(ENOENT);
+  return real().open(path, flags, mode);
+}
+
 // Read-write access denied (as for a file of another user); the read-only
 // fallback then follows the script.
 int open_write_denied(const char *path, int flags, mode_t mode) {
@@ -721,6 +730,23 @@ TEST_F(FaultOpen, CreateRaceWithRemoveSettles) {
   int os_error = -1;
   ASSERT_EQ(ipl_open_ex(path_.c_str(), 0, &lock.lock, &os_error), IPL_OK) << errno_name(os_error);
   EXPECT_EQ(tallies[e_open].failed.load(), 2);
+  ASSERT_EQ(ipl_acquire(lock, 0), IPL_OK);
+  expect_held_then_release(path_, lock, agent_mode::exclusive);
+}
+
+// Catches: the EEXIST-then-ENOENT round reported as a failure with the
+// errno of the dangling-symlink probe (readlink on a regular file: EINVAL)
+// instead of going round again.
+TEST_F(FaultOpen, CreateRaceWithALaggingCacheSettles) {
+  const int existing = ::open(path_.c_str(), O_CREAT | O_WRONLY | O_CLOEXEC, 0644);
+  ASSERT_GE(existing, 0);
+  ::close(existing);
+  lagging_plain_opens = 3;  // the first open, then two rounds
+  sys::calls.open = open_cache_lags;
+  handle lock;
+  int os_error = -1;
+  ASSERT_EQ(ipl_open_ex(path_.c_str(), 0, &lock.lock, &os_error), IPL_OK) << errno_name(os_error);
+  EXPECT_LT(lagging_plain_opens.load(), 0) << "the lagging opens were not all made";
   ASSERT_EQ(ipl_acquire(lock, 0), IPL_OK);
   expect_held_then_release(path_, lock, agent_mode::exclusive);
 }
