@@ -171,17 +171,7 @@ query_result query(ipl_lock *lock) {
 
 // ---- Handles and calls in this process -----------------------------------------
 
-struct lock_closer {
-  void operator()(ipl_lock *lock) const { ipl_close(lock); }
-};
-using handle = std::unique_ptr<ipl_lock, lock_closer>;
-
-handle open_handle(const std::string &path) {
-  ipl_lock *raw = nullptr;
-  const int status = ipl_open(path.c_str(), 0, &raw);
-  EXPECT_EQ(status, IPL_OK) << "ipl_open " << path << ": " << status_text(status);
-  return handle(raw);
-}
+using handle = owned_lock;
 
 #ifdef __linux__
 // The scheduler state of one of this process's threads ('S': asleep).
@@ -502,7 +492,7 @@ lock_agent fasteners_peer(const std::string &path) {
 TEST(ApiQuery, FreeLockIsFreeWithNoHolder) {
   temp_dir dir;
   const std::string path = dir.path("lock");
-  handle h = open_handle(path);
+  handle h = open_owned_lock(path);
   const query_result q = query(h.get());
   EXPECT_EQ(q.status, IPL_OK);
   EXPECT_EQ(q.state, IPL_STATE_FREE) << q;
@@ -524,7 +514,7 @@ TEST(ApiQuery, FreeLockIsFreeWithNoHolder) {
 TEST(ApiQuery, HolderInAnotherProcessWithItsPid) {
   temp_dir dir;
   const std::string path = dir.path("lock");
-  handle h = open_handle(path);
+  handle h = open_owned_lock(path);
   for (lock_mode mode : {lock_mode::exclusive, lock_mode::shared}) {
     SCOPED_TRACE(mode_name(mode));
     lock_agent bystander(path);  // has the file open, holds nothing
@@ -547,8 +537,8 @@ TEST(ApiQuery, HolderInAnotherProcessWithItsPid) {
 TEST(ApiQuery, HolderIsAnotherHandleOfThisProcess) {
   temp_dir dir;
   const std::string path = dir.path("lock");
-  handle h = open_handle(path);
-  handle other = open_handle(path);
+  handle h = open_owned_lock(path);
+  handle other = open_owned_lock(path);
   for (lock_mode mode : {lock_mode::exclusive, lock_mode::shared}) {
     SCOPED_TRACE(mode_name(mode));
     ASSERT_EQ(acquire_in_mode(other.get(), mode, 0), IPL_OK);
@@ -567,7 +557,7 @@ TEST(ApiQuery, HolderIsAnotherHandleOfThisProcess) {
 TEST(ApiQuery, OwnLockIsNotCounted) {
   temp_dir dir;
   const std::string path = dir.path("lock");
-  handle h = open_handle(path);
+  handle h = open_owned_lock(path);
 
   ASSERT_EQ(ipl_acquire(h.get(), 0), IPL_OK);
   query_result q = query(h.get());
@@ -594,7 +584,7 @@ TEST(ApiQuery, OwnLockIsNotCounted) {
     EXPECT_EQ(q.pid, pid_of(*sharer)) << q;
   }
   // Another handle of this process sharing it counts as well.
-  handle other = open_handle(path);
+  handle other = open_owned_lock(path);
   ASSERT_EQ(ipl_acquire_read(other.get(), 0), IPL_OK);
   q = query(h.get());
   EXPECT_EQ(q.state, IPL_STATE_SHARED) << "another handle of this process shares it: " << q;
@@ -609,7 +599,7 @@ TEST(ApiQuery, OwnLockIsNotCounted) {
 TEST(ApiQuery, NullArguments) {
   temp_dir dir;
   const std::string path = dir.path("lock");
-  handle h = open_handle(path);
+  handle h = open_owned_lock(path);
   int64_t pid = -7;
   int state = -7;
   EXPECT_EQ(ipl_query(h.get(), nullptr, &pid), IPL_E_INVALID);
@@ -630,7 +620,7 @@ TEST(ApiQuery, NullArguments) {
 TEST(ApiQuery, ReplacedFileIsTheOneThePathNamesNow) {
   temp_dir dir;
   const std::string path = dir.path("lock");
-  handle h = open_handle(path);
+  handle h = open_owned_lock(path);
   auto old_holder = holder(path, lock_mode::exclusive);
   EXPECT_EQ(query(h.get()).state, IPL_STATE_EXCLUSIVE);
 
@@ -657,7 +647,7 @@ TEST(ApiQuery, ReplacedFileIsTheOneThePathNamesNow) {
 TEST(ApiQuery, WhileAnotherThreadAcquiresIsWouldDeadlock) {
   temp_dir dir;
   const std::string path = dir.path("lock");
-  handle h = open_handle(path);
+  handle h = open_owned_lock(path);
   std::unique_ptr<background_call> waiter;
   auto held = holder(path, lock_mode::exclusive);
   waiter = start_acquire(h.get(), lock_mode::shared, 10000);
@@ -670,7 +660,7 @@ TEST(ApiQuery, WhileAnotherThreadAcquiresIsWouldDeadlock) {
   EXPECT_EQ(state, -7);
   EXPECT_EQ(pid, -7);
   // Another handle may ask.
-  handle other = open_handle(path);
+  handle other = open_owned_lock(path);
   EXPECT_EQ(query(other.get()).state, IPL_STATE_EXCLUSIVE);
   EXPECT_EQ(held->release(lock_mode::exclusive), IPL_OK);
   EXPECT_EQ(waiter->result(), IPL_OK);
@@ -706,7 +696,7 @@ TEST(ApiQuery, UnprivilegedCallerOfRootsLock) {
 TEST(InteropQuery, FastenersHolderBothModes) {
   temp_dir dir;
   const std::string path = dir.path("lock");
-  handle h = open_handle(path);
+  handle h = open_owned_lock(path);
   lock_agent py = fasteners_peer(path);
   ASSERT_TRUE(py.started()) << "set IPL_FASTENERS_PYTHON to a Python 3 with fasteners";
   for (lock_mode mode : kAllModes) {
@@ -748,13 +738,13 @@ void cancel_one_wait(const cancel_case &c, const char *holder_kind) {
   SCOPED_TRACE(describe(c));
   temp_dir dir;
   const std::string path = dir.path("lock");
-  handle h = open_handle(path);
+  handle h = open_owned_lock(path);
   // Destroyed in reverse: a holder goes first, so a stuck wait can end.
   std::unique_ptr<background_call> waiter;
   handle in_process;  // the holder when holder_kind is "handle"
   std::unique_ptr<lock_agent> held;
   if (std::string(holder_kind) == "handle") {
-    in_process = open_handle(path);
+    in_process = open_owned_lock(path);
     ASSERT_EQ(acquire_in_mode(in_process.get(), c.held, 0), IPL_OK);
   } else {
     held = holder(path, c.held);
@@ -851,7 +841,7 @@ TEST(WaitCancel, PollingWaitEndsInHelper) {
 TEST(WaitCancel, WithNoWaitDoesNotAffectNextWait) {
   temp_dir dir;
   const std::string path = dir.path("lock");
-  handle h = open_handle(path);
+  handle h = open_owned_lock(path);
   std::unique_ptr<background_call> waiter;
   EXPECT_EQ(ipl_cancel(h.get()), IPL_OK);  // idle
 
@@ -886,7 +876,7 @@ TEST(WaitCancel, WithNoWaitDoesNotAffectNextWait) {
 TEST(WaitCancel, RacingAGrantNeverLosesTheLock) {
   temp_dir dir;
   const std::string path = dir.path("lock");
-  handle h = open_handle(path);
+  handle h = open_owned_lock(path);
   lock_agent other(path);
   ASSERT_TRUE(other.started());
   constexpr int kCalibration = 5;
@@ -963,12 +953,12 @@ void cancel_upgrade(int64_t timeout_ms, bool reader_here) {
                (reader_here ? "a handle of this process" : "another process"));
   temp_dir dir;
   const std::string path = dir.path("lock");
-  handle h = open_handle(path);
+  handle h = open_owned_lock(path);
   std::unique_ptr<background_call> upgrader;
   handle here;  // the other reader when reader_here
   std::optional<agent> there;
   if (reader_here) {
-    here = open_handle(path);
+    here = open_owned_lock(path);
     ASSERT_EQ(ipl_acquire_read(here.get(), 0), IPL_OK);
   } else {
     there.emplace(path);
@@ -1024,7 +1014,7 @@ TEST(WaitCancel, UpgradeWaitKeepsShared) {
 TEST(ConflictDowngrade, LetsWaitingReaderInNotWaitingWriter) {
   temp_dir dir;
   const std::string path = dir.path("lock");
-  handle h = open_handle(path);
+  handle h = open_owned_lock(path);
   ASSERT_EQ(ipl_acquire(h.get(), 0), IPL_OK);
   lock_agent writer(path);
   lock_agent reader(path);
@@ -1055,9 +1045,9 @@ TEST(ConflictDowngrade, LetsWaitingReaderInNotWaitingWriter) {
 TEST(ConflictDowngrade, LetsWaitingReaderInNotWaitingWriterInThisProcess) {
   temp_dir dir;
   const std::string path = dir.path("lock");
-  handle h = open_handle(path);
-  handle writer = open_handle(path);
-  handle reader = open_handle(path);
+  handle h = open_owned_lock(path);
+  handle writer = open_owned_lock(path);
+  handle reader = open_owned_lock(path);
   std::unique_ptr<background_call> writing;
   std::unique_ptr<background_call> reading;
   ASSERT_EQ(ipl_acquire(h.get(), 0), IPL_OK);
@@ -1117,7 +1107,7 @@ TEST(ConflictDowngrade, NoMomentFreeForAWriter) {
   temp_dir dir;
   const std::string path = dir.path("lock");
   const std::string holds_file = dir.path("holds");
-  handle h = open_handle(path);
+  handle h = open_owned_lock(path);
   child_process spinner = child_process::helper("beyond_spinner", {path, holds_file});
   ASSERT_TRUE(spinner.expect_line("ready"));
   std::vector<std::pair<int64_t, int64_t>> ours;
@@ -1163,7 +1153,7 @@ TEST(ConflictDowngrade, NoMomentFreeForAWriter) {
 TEST(ApiDowngrade, NotHeldUnlessExclusive) {
   temp_dir dir;
   const std::string path = dir.path("lock");
-  handle h = open_handle(path);
+  handle h = open_owned_lock(path);
   EXPECT_EQ(ipl_downgrade(nullptr), IPL_E_INVALID);
   EXPECT_EQ(ipl_downgrade(h.get()), IPL_E_NOT_HELD);
   EXPECT_EQ(try_from_other_process(path, lock_mode::exclusive), IPL_OK) << "idle handle holds";
@@ -1180,7 +1170,7 @@ TEST(ApiDowngrade, NotHeldUnlessExclusive) {
 TEST(ApiDowngrade, ThenTheHandleHoldsShared) {
   temp_dir dir;
   const std::string path = dir.path("lock");
-  handle h = open_handle(path);
+  handle h = open_owned_lock(path);
   ASSERT_EQ(ipl_acquire_write(h.get(), 0), IPL_OK);
   ASSERT_EQ(ipl_downgrade(h.get()), IPL_OK);
   EXPECT_EQ(try_from_other_process(path, lock_mode::shared), IPL_OK);
@@ -1207,7 +1197,7 @@ TEST(ApiDowngrade, ThenTheHandleHoldsShared) {
 TEST(ApiUpgrade, UnsupportedOnWindowsKeepsShared) {
   temp_dir dir;
   const std::string path = dir.path("lock");
-  handle h = open_handle(path);
+  handle h = open_owned_lock(path);
   ASSERT_EQ(ipl_acquire_read(h.get(), 0), IPL_OK);
   EXPECT_EQ(ipl_upgrade(h.get(), 0), IPL_E_UNSUPPORTED);
   EXPECT_EQ(ipl_upgrade(h.get(), IPL_WAIT_FOREVER), IPL_E_UNSUPPORTED);
@@ -1221,7 +1211,7 @@ TEST(ApiUpgrade, UnsupportedOnWindowsKeepsShared) {
 TEST(ConflictUpgrade, AloneIsImmediate) {
   temp_dir dir;
   const std::string path = dir.path("lock");
-  handle h = open_handle(path);
+  handle h = open_owned_lock(path);
   ASSERT_EQ(ipl_acquire_read(h.get(), 0), IPL_OK);
   const auto start = clock_type::now();
   EXPECT_EQ(ipl_upgrade(h.get(), IPL_WAIT_FOREVER), IPL_OK);
@@ -1238,7 +1228,7 @@ TEST(ConflictUpgrade, AloneIsImmediate) {
 TEST(ConflictUpgrade, WaitsForAnotherReaderAndTimesOutKeepingShared) {
   temp_dir dir;
   const std::string path = dir.path("lock");
-  handle h = open_handle(path);
+  handle h = open_owned_lock(path);
   agent reader(path);
   ASSERT_TRUE(reader.ready());
   ASSERT_EQ(ipl_acquire_read(h.get(), 0), IPL_OK);
@@ -1266,7 +1256,7 @@ TEST(ConflictUpgrade, CompletesWhenTheReaderLeaves) {
     SCOPED_TRACE("timeout " + std::to_string(timeout_ms));
     temp_dir dir;
     const std::string path = dir.path("lock");
-    handle h = open_handle(path);
+    handle h = open_owned_lock(path);
     std::unique_ptr<background_call> upgrader;
     auto reader = holder(path, lock_mode::shared);
     ASSERT_EQ(ipl_acquire_read(h.get(), 0), IPL_OK);
@@ -1290,7 +1280,7 @@ TEST(ConflictUpgrade, CompletesWhenTheReaderLeaves) {
 void two_upgraders(bool first_here) {
   temp_dir dir;
   const std::string path = dir.path("lock");
-  handle h = open_handle(path);
+  handle h = open_owned_lock(path);
   std::unique_ptr<background_call> here;
   agent there(path);
   ASSERT_TRUE(there.ready());
@@ -1382,8 +1372,8 @@ TEST(ConflictUpgrade, SimultaneousUpgradersExactlyOneBacksOff) {
 TEST(ConflictUpgrade, TwoHandlesOfThisProcess) {
   temp_dir dir;
   const std::string path = dir.path("lock");
-  handle first = open_handle(path);
-  handle second = open_handle(path);
+  handle first = open_owned_lock(path);
+  handle second = open_owned_lock(path);
   std::unique_ptr<background_call> upgrading;
   std::unique_ptr<background_call> second_upgrade;
   ASSERT_EQ(ipl_acquire_read(first.get(), 0), IPL_OK);
@@ -1413,7 +1403,7 @@ TEST(ConflictUpgrade, TwoHandlesOfThisProcess) {
 TEST(InteropUpgrade, WaitsForFastenersReader) {
   temp_dir dir;
   const std::string path = dir.path("lock");
-  handle h = open_handle(path);
+  handle h = open_owned_lock(path);
   std::unique_ptr<background_call> upgrader;
   lock_agent py = fasteners_peer(path);
   ASSERT_TRUE(py.started()) << "set IPL_FASTENERS_PYTHON to a Python 3 with fasteners";
@@ -1439,7 +1429,7 @@ TEST(InteropUpgrade, WaitsForFastenersReader) {
 TEST(InteropUpgrade, CancelWhileWaitingForFastenersReader) {
   temp_dir dir;
   const std::string path = dir.path("lock");
-  handle h = open_handle(path);
+  handle h = open_owned_lock(path);
   std::unique_ptr<background_call> upgrader;
   lock_agent py = fasteners_peer(path);
   ASSERT_TRUE(py.started()) << "set IPL_FASTENERS_PYTHON to a Python 3 with fasteners";
@@ -1466,7 +1456,7 @@ TEST(InteropUpgrade, CancelWhileWaitingForFastenersReader) {
 TEST(ApiUpgrade, NotHeldUnlessShared) {
   temp_dir dir;
   const std::string path = dir.path("lock");
-  handle h = open_handle(path);
+  handle h = open_owned_lock(path);
   EXPECT_EQ(ipl_upgrade(nullptr, 0), IPL_E_INVALID);
   EXPECT_EQ(ipl_upgrade(h.get(), 0), IPL_E_NOT_HELD);
   EXPECT_EQ(ipl_upgrade(h.get(), IPL_WAIT_FOREVER), IPL_E_NOT_HELD);
@@ -1487,7 +1477,7 @@ TEST(ApiUpgrade, NotHeldUnlessShared) {
 TEST(ApiUpgrade, ThenTheHandleHoldsExclusive) {
   temp_dir dir;
   const std::string path = dir.path("lock");
-  handle h = open_handle(path);
+  handle h = open_owned_lock(path);
   ASSERT_EQ(ipl_acquire_read(h.get(), 0), IPL_OK);
   ASSERT_EQ(ipl_upgrade(h.get(), 0), IPL_OK);
   EXPECT_EQ(ipl_release_read(h.get()), IPL_E_NOT_HELD);
@@ -1538,7 +1528,7 @@ TEST(ApiUpgrade, ReadOnlyHandleIsAccessKeepingShared) {
 TEST(ApiRemove, WhileExclusiveRemovesAndReleases) {
   temp_dir dir;
   const std::string path = dir.path("lock");
-  handle h = open_handle(path);
+  handle h = open_owned_lock(path);
   ASSERT_EQ(ipl_acquire(h.get(), 0), IPL_OK);
   EXPECT_EQ(ipl_remove(h.get()), IPL_OK);
   EXPECT_FALSE(exists(path)) << "the lock file is still there";
@@ -1558,13 +1548,13 @@ TEST(ApiRemove, WhileExclusiveRemovesAndReleases) {
 TEST(ApiRemove, QueryAfterRemoveDoesNotRecreateTheFile) {
   temp_dir dir;
   const std::string path = dir.path("lock");
-  handle h = open_handle(path);
+  handle h = open_owned_lock(path);
 #ifdef _WIN32
   // Wine keeps a deleted file at its path while any handle is open (see
   // win32_lockfileex.cpp): there only the remover's handle asks.
   handle idle;
 #else
-  handle idle = open_handle(path);
+  handle idle = open_owned_lock(path);
 #endif
   ASSERT_EQ(ipl_acquire(h.get(), 0), IPL_OK);
   ASSERT_EQ(ipl_remove(h.get()), IPL_OK);
@@ -1586,7 +1576,7 @@ TEST(ApiRemove, QueryAfterRemoveDoesNotRecreateTheFile) {
 TEST(ApiRemove, NotHeldUnlessExclusive) {
   temp_dir dir;
   const std::string path = dir.path("lock");
-  handle h = open_handle(path);
+  handle h = open_owned_lock(path);
   EXPECT_EQ(ipl_remove(nullptr), IPL_E_INVALID);
   EXPECT_EQ(ipl_remove(h.get()), IPL_E_NOT_HELD);
   EXPECT_TRUE(exists(path));
@@ -1607,7 +1597,7 @@ TEST(ApiRemove, ReplacedPathIsLeftAlone) {
   temp_dir dir;
   const std::string path = dir.path("lock");
   const std::string alias = dir.path("old-lock");  // our file, under another name
-  handle h = open_handle(path);
+  handle h = open_owned_lock(path);
   ASSERT_EQ(ipl_acquire(h.get(), 0), IPL_OK);
 #ifdef _WIN32
   ASSERT_EQ(rename_over(path, alias), "");
@@ -1638,7 +1628,7 @@ void waiter_follows_removal(int64_t timeout_ms) {
   SCOPED_TRACE("waiter timeout " + std::to_string(timeout_ms));
   temp_dir dir;
   const std::string path = dir.path("lock");
-  handle h = open_handle(path);
+  handle h = open_owned_lock(path);
   ASSERT_EQ(ipl_acquire(h.get(), 0), IPL_OK);
 #ifndef _WIN32
   const auto removed_id = file_id(path);
@@ -1680,8 +1670,8 @@ TEST(ConflictRemove, WaiterInAnotherProcessGetsANewFile) {
 TEST(ConflictRemove, WaiterInThisProcessGetsANewFile) {
   temp_dir dir;
   const std::string path = dir.path("lock");
-  handle h = open_handle(path);
-  handle other = open_handle(path);
+  handle h = open_owned_lock(path);
+  handle other = open_owned_lock(path);
   std::unique_ptr<background_call> waiting;
   ASSERT_EQ(ipl_acquire(h.get(), 0), IPL_OK);
   waiting = start_acquire(other.get(), lock_mode::exclusive, 10000);
@@ -1728,7 +1718,7 @@ TEST(ApiRemove, DeniedByTheFolderIsAccessKeepingTheLock) {
 TEST(InteropRemove, FastenersWaiterGetsTheRemovedFile) {
   temp_dir dir;
   const std::string path = dir.path("lock");
-  handle h = open_handle(path);
+  handle h = open_owned_lock(path);
   lock_agent py = fasteners_peer(path);
   ASSERT_TRUE(py.started()) << "set IPL_FASTENERS_PYTHON to a Python 3 with fasteners";
   ASSERT_EQ(ipl_acquire(h.get(), 0), IPL_OK);

@@ -36,6 +36,8 @@ using ipltest::kBound;
 using ipltest::lock_agent;
 using ipltest::lock_mode;
 using ipltest::lockfs_locks;
+using ipltest::open_owned_lock;
+using ipltest::owned_lock;
 using ipltest::status_text;
 using steady = std::chrono::steady_clock;
 
@@ -44,17 +46,7 @@ constexpr int64_t kHoldMs = 3000;
 
 class fuse_wait_test : public testing::TestWithParam<lock_mode> {};
 
-struct lock_closer {
-  void operator()(ipl_lock *lock) const { ipl_close(lock); }
-};
-using handle = std::unique_ptr<ipl_lock, lock_closer>;
-
-handle open_handle(const std::string &path) {
-  ipl_lock *raw = nullptr;
-  const int status = ipl_open(path.c_str(), 0, &raw);
-  EXPECT_EQ(status, IPL_OK) << "ipl_open " << path << ": " << status_text(status);
-  return handle(raw);
-}
+using handle = owned_lock;
 
 // Lets the holder go after kHoldMs, on a thread of its own: a broken waiter
 // blocked in the kernel is then released (and fails its checks) instead of
@@ -94,7 +86,7 @@ TEST_P(fuse_wait_test, TimedWaitEndsOnTimeWhereSignalsCannotInterrupt) {
   lock_agent holder(path);
   ASSERT_TRUE(holder.started());
   ASSERT_EQ(holder.acquire(lock_mode::exclusive, 0), IPL_OK);
-  handle lock = open_handle(path);
+  handle lock = open_owned_lock(path);
   ASSERT_TRUE(lock);
   const release_later safety(holder);
   for (const int64_t timeout_ms : {50, 200}) {
@@ -118,7 +110,7 @@ TEST_P(fuse_wait_test, TimedWaitGetsTheLockSoonAfterTheRelease) {
   lock_agent holder(path);
   ASSERT_TRUE(holder.started());
   ASSERT_EQ(holder.acquire(lock_mode::exclusive, 0), IPL_OK);
-  handle lock = open_handle(path);
+  handle lock = open_owned_lock(path);
   ASSERT_TRUE(lock);
   std::thread releaser([&] {
     std::this_thread::sleep_for(300ms);
@@ -146,7 +138,7 @@ TEST_P(fuse_wait_test, LongTimedWaitQueuesNoSignals) {
   lock_agent holder(path);
   ASSERT_TRUE(holder.started());
   ASSERT_EQ(holder.acquire(lock_mode::exclusive, 0), IPL_OK);
-  handle lock = open_handle(path);
+  handle lock = open_owned_lock(path);
   ASSERT_TRUE(lock);
   const long before = queued_signals();
   ASSERT_GE(before, 0);
@@ -216,7 +208,7 @@ TEST(FuseUnsupported, FileSystemWithoutLockOperationsLocksOnThisHostOnly) {
   fuse_mount fs(lockfs_locks::none);
   ASSERT_TRUE(fs.ok()) << fs.error();
   const std::string path = fs.path("a.lock");
-  handle lock = open_handle(path);
+  handle lock = open_owned_lock(path);
   ASSERT_TRUE(lock);
   ASSERT_EQ(ipl_acquire(lock.get(), 0), IPL_OK);
   EXPECT_EQ(ipltest::try_from_other_process(path, lock_mode::exclusive), IPL_E_TIMEOUT);

@@ -672,6 +672,13 @@ int release_in_mode(ipl_lock *lock, lock_mode mode) {
   return IPL_E_INTERNAL;
 }
 
+owned_lock open_owned_lock(const std::string &path) {
+  ipl_lock *raw = nullptr;
+  const int status = ipl_open(path.c_str(), 0, &raw);
+  EXPECT_EQ(status, IPL_OK) << "ipl_open " << path << ": " << status_text(status);
+  return owned_lock(raw);
+}
+
 std::string status_text(int status) {
   return std::to_string(status) + " (" + ipl_strerror(status) + ")";
 }

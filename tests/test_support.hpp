@@ -12,6 +12,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -178,6 +179,16 @@ int acquire_in_mode(ipl_lock *lock, lock_mode mode, int64_t timeout_ms);
 int release_in_mode(ipl_lock *lock, lock_mode mode);
 // "12 (text of ipl_strerror)"
 std::string status_text(int status);
+
+// A handle that is closed when it goes out of scope.
+struct lock_closer {
+  void operator()(ipl_lock *lock) const { ipl_close(lock); }
+};
+using owned_lock = std::unique_ptr<ipl_lock, lock_closer>;
+
+// ipl_open(path, 0); on failure records a test failure and returns an
+// empty handle.
+owned_lock open_owned_lock(const std::string &path);
 
 // Not ipl statuses: the agent did not answer in time, or answered nonsense;
 // the agent says it is waiting (lock_agent::wait).

@@ -52,18 +52,7 @@ namespace {
 
 // ---- Small tools -------------------------------------------------------------
 
-struct lock_closer {
-  void operator()(ipl_lock *lock) const { ipl_close(lock); }
-};
-using lock_handle = std::unique_ptr<ipl_lock, lock_closer>;
-
-// Opens a handle; on failure records a test failure and returns an empty one.
-lock_handle open_lock(const std::string &path) {
-  ipl_lock *raw = nullptr;
-  const int status = ipl_open(path.c_str(), 0, &raw);
-  EXPECT_EQ(status, IPL_OK) << "ipl_open " << path << ": " << status_text(status);
-  return lock_handle(raw);
-}
+using lock_handle = owned_lock;
 
 int64_t nanoseconds_since(steady_clock::time_point start) {
   return std::chrono::duration_cast<nanoseconds>(steady_clock::now() - start).count();
@@ -390,7 +379,7 @@ TEST(WaitTry, NeverSleepsWhenAnotherProcessHoldsExclusive) {
   const std::string path = dir.path("lock");
   lock_agent holder(path);
   ASSERT_TRUE(holder.hold(lock_mode::exclusive));
-  lock_handle lock = open_lock(path);
+  lock_handle lock = open_owned_lock(path);
   ASSERT_TRUE(lock);
   expect_try_never_sleeps(lock.get(), lock_mode::exclusive, "ipl_acquire vs exclusive");
   expect_try_never_sleeps(lock.get(), lock_mode::shared, "ipl_acquire_read vs exclusive");
@@ -402,7 +391,7 @@ TEST(WaitTry, NeverSleepsWhenAnotherProcessHoldsShared) {
   const std::string path = dir.path("lock");
   lock_agent holder(path);
   ASSERT_TRUE(holder.hold(lock_mode::shared));
-  lock_handle lock = open_lock(path);
+  lock_handle lock = open_owned_lock(path);
   ASSERT_TRUE(lock);
   expect_try_never_sleeps(lock.get(), lock_mode::exclusive, "ipl_acquire vs shared");
 }
@@ -412,8 +401,8 @@ TEST(WaitTry, NeverSleepsWhenAnotherProcessHoldsShared) {
 TEST(WaitTry, NeverSleepsWhenAnotherHandleHoldsIt) {
   temp_dir dir;
   const std::string path = dir.path("lock");
-  lock_handle holder = open_lock(path);
-  lock_handle lock = open_lock(path);
+  lock_handle holder = open_owned_lock(path);
+  lock_handle lock = open_owned_lock(path);
   ASSERT_TRUE(holder && lock);
   ASSERT_EQ(ipl_acquire(holder.get(), 0), IPL_OK);
   expect_try_never_sleeps(lock.get(), lock_mode::exclusive, "ipl_acquire vs handle exclusive");
@@ -457,7 +446,7 @@ void check_times_out_when_another_process_holds(lock_mode held) {
   const std::string path = dir.path("lock");
   lock_agent holder(path);
   ASSERT_TRUE(holder.hold(held));
-  lock_handle lock = open_lock(path);
+  lock_handle lock = open_owned_lock(path);
   ASSERT_TRUE(lock);
   expect_times_out_on_time_repeatedly(lock.get(), lock_mode::exclusive);
   if (held == lock_mode::exclusive) expect_times_out_on_time_repeatedly(lock.get(), lock_mode::shared);
@@ -466,8 +455,8 @@ void check_times_out_when_another_process_holds(lock_mode held) {
 void check_times_out_when_another_handle_holds() {
   temp_dir dir;
   const std::string path = dir.path("lock");
-  lock_handle holder = open_lock(path);
-  lock_handle lock = open_lock(path);
+  lock_handle holder = open_owned_lock(path);
+  lock_handle lock = open_owned_lock(path);
   ASSERT_TRUE(holder && lock);
   ASSERT_EQ(ipl_acquire(holder.get(), 0), IPL_OK);
   expect_times_out_on_time_repeatedly(lock.get(), lock_mode::exclusive);
@@ -479,7 +468,7 @@ void check_gets_lock_when_holder_releases_mid_wait() {
   const std::string path = dir.path("lock");
   lock_agent holder(path);
   ASSERT_TRUE(holder.hold(lock_mode::exclusive));
-  lock_handle lock = open_lock(path);
+  lock_handle lock = open_owned_lock(path);
   ASSERT_TRUE(lock);
   holder.start_release(lock_mode::exclusive, milliseconds(200));
   const steady_clock::time_point start = steady_clock::now();
@@ -497,7 +486,7 @@ void check_gets_lock_when_holder_releases_mid_wait() {
 // Voluntary context switches of this thread during one 300 ms timed wait
 // that times out on a lock another process holds.
 long voluntary_switches_during_timed_wait(const std::string &path) {
-  lock_handle lock = open_lock(path);
+  lock_handle lock = open_owned_lock(path);
   if (!lock) return -1;
   rusage before {};
   rusage after {};
@@ -733,7 +722,7 @@ void check_try_succeeds_after_crash(lock_mode holder_mode) {
   const std::string path = dir.path("lock");
   lock_agent holder(path);
   ASSERT_TRUE(holder.hold(holder_mode));
-  lock_handle lock = open_lock(path);
+  lock_handle lock = open_owned_lock(path);
   ASSERT_TRUE(lock);
   ASSERT_EQ(ipl_acquire(lock.get(), 0), IPL_E_TIMEOUT) << "the holder's lock is not seen";
   ASSERT_TRUE(kill_and_reap(holder.process()));
@@ -794,8 +783,8 @@ TEST(WaitDescriptors, OtherHandlesOpenedAndClosedKeepTheLock) {
     temp_dir dir;
     const std::string path = dir.path("lock");
     const std::string alias = dir.path("alias");
-    lock_handle opened_before = open_lock(path);
-    lock_handle holder = open_lock(path);
+    lock_handle opened_before = open_owned_lock(path);
+    lock_handle holder = open_owned_lock(path);
     ASSERT_TRUE(opened_before && holder);
     ASSERT_EQ(acquire_in_mode(holder.get(), held, 0), IPL_OK);
     ASSERT_EQ(try_from_other_process(path, lock_mode::exclusive), IPL_E_TIMEOUT);
@@ -804,12 +793,12 @@ TEST(WaitDescriptors, OtherHandlesOpenedAndClosedKeepTheLock) {
     EXPECT_EQ(try_from_other_process(path, lock_mode::exclusive), IPL_E_TIMEOUT)
         << "after closing a handle opened before the lock was taken";
 
-    open_lock(path).reset();
+    open_owned_lock(path).reset();
     EXPECT_EQ(try_from_other_process(path, lock_mode::exclusive), IPL_E_TIMEOUT)
         << "after opening and closing another handle";
 
     {
-      lock_handle other = open_lock(path);
+      lock_handle other = open_owned_lock(path);
       ASSERT_TRUE(other);
       EXPECT_EQ(ipl_acquire(other.get(), 0), IPL_E_TIMEOUT);
     }
@@ -818,7 +807,7 @@ TEST(WaitDescriptors, OtherHandlesOpenedAndClosedKeepTheLock) {
 
     if (held == lock_mode::shared) {
       // A second reader in the process comes and goes.
-      lock_handle reader = open_lock(path);
+      lock_handle reader = open_owned_lock(path);
       ASSERT_TRUE(reader);
       EXPECT_EQ(ipl_acquire_read(reader.get(), 0), IPL_OK);
       EXPECT_EQ(ipl_release_read(reader.get()), IPL_OK);
@@ -833,7 +822,7 @@ TEST(WaitDescriptors, OtherHandlesOpenedAndClosedKeepTheLock) {
 #ifndef _WIN32
     // The same file under another name (a hard link): same inode.
     ASSERT_EQ(link(path.c_str(), alias.c_str()), 0) << strerror(errno);
-    open_lock(alias).reset();
+    open_owned_lock(alias).reset();
     EXPECT_EQ(try_from_other_process(path, lock_mode::exclusive), IPL_E_TIMEOUT)
         << "after opening and closing a handle on a hard link of the file";
 #endif
@@ -857,7 +846,7 @@ TEST(WaitDescriptors, UnrelatedCloseBehindTheLibrarysBackKeepsTheLock) {
     temp_dir dir;
     const std::string path = dir.path("lock");
     const std::string alias = dir.path("alias");
-    lock_handle holder = open_lock(path);
+    lock_handle holder = open_owned_lock(path);
     ASSERT_TRUE(holder);
     ASSERT_EQ(acquire_in_mode(holder.get(), held, 0), IPL_OK);
     ASSERT_EQ(try_from_other_process(path, lock_mode::exclusive), IPL_E_TIMEOUT);
@@ -911,7 +900,7 @@ TEST(WaitDescriptors, LockDiesWithHolderWhileItsExecdChildLivesOn) {
     }
   } killer{grandchild};
 
-  lock_handle lock = open_lock(path);
+  lock_handle lock = open_owned_lock(path);
   ASSERT_TRUE(lock);
   ASSERT_EQ(ipl_acquire(lock.get(), 0), IPL_E_TIMEOUT) << "the holder's lock is not seen";
   EXPECT_EQ(count_fds_on_file("/proc/" + std::to_string(grandchild) + "/fd", path), 0)
@@ -934,7 +923,7 @@ TEST(WaitDescriptors, ExecdChildHasNoLockDescriptor) {
     SCOPED_TRACE(std::string("held ") + mode_name(held));
     temp_dir dir;
     const std::string path = dir.path("lock");
-    lock_handle lock = open_lock(path);
+    lock_handle lock = open_owned_lock(path);
     ASSERT_TRUE(lock);
     ASSERT_EQ(acquire_in_mode(lock.get(), held, 0), IPL_OK);
     child_process scanner = child_process::helper("wait_scan_fds", {path});
